@@ -1,0 +1,330 @@
+"""The `writemypaper` command: parses arguments and calls one function per verb.
+
+    writemypaper --help
+    writemypaper prepare --input data/sample --out prepared
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+from writemypaper import __version__
+from writemypaper.errors import UserError
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"{v} is not in [0, 1)")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{v} is not a positive integer")
+    return v
+
+
+def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
+    """Separate `key=value` config overrides from free text (a summary given on the command line)."""
+    overrides = [a for a in items if _OVERRIDE.match(a)]
+    rest = [a for a in items if not _OVERRIDE.match(a)]
+    return overrides, rest
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# verbs: each parses nothing itself and imports its module only when run, so `--help` stays fast
+
+
+def _cmd_prepare(a: argparse.Namespace) -> int:
+    from writemypaper import data
+
+    stats = data.prepare(
+        inputs=a.input,
+        out=a.out,
+        granularity=a.granularity,
+        val_fraction=a.val_fraction,
+        test_fraction=a.test_fraction,
+        seed=a.seed,
+        min_chars=a.min_chars,
+        max_chars=a.max_chars,
+        progress=not a.quiet,
+    )
+    data.print_stats(stats, a.out)
+    skipped = sum(stats["skipped"].values())
+    if a.strict and skipped:
+        print(f"writemypaper: error: --strict: {skipped} records were skipped (see the table above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from writemypaper import config, train
+
+    cfg = config.load_config(a.config, a.overrides, kind="train")
+    metrics = train.train(cfg, data=a.data, out=a.out, model=a.model, resume=a.resume, dry_run=a.dry_run)
+    if not a.dry_run and metrics:
+        first, last = metrics.get("train_loss_first"), metrics.get("train_loss_last")
+        print(f"trained {metrics['global_step']} steps in {metrics['train_runtime_s']:.0f} s; train loss "
+              f"{first:.3f} -> {last:.3f}" + (f"; validation loss {metrics['eval_loss']:.3f}" if metrics.get("eval_loss") else ""))
+        print(f"run written to {a.out}")
+    return 0
+
+
+def _cmd_generate(a: argparse.Namespace) -> int:
+    from writemypaper import config, generate
+
+    overrides, text = _split_overrides(a.args)
+    flags = {"temperature": a.temperature, "top_p": a.top_p, "top_k": a.top_k, "repetition_penalty": a.repetition_penalty,
+             "max_new_tokens": a.max_new_tokens, "num_return_sequences": a.num_return_sequences, "seed": a.seed}
+    overrides += [f"generation.{k}={v}" for k, v in flags.items() if v is not None]
+    if a.greedy:
+        overrides.append("generation.do_sample=false")
+    if a.batch_size is not None:
+        overrides.append(f"batch_size={a.batch_size}")
+    cfg = config.load_config(a.config, overrides, kind="generate")
+    generate.run(cfg, model=a.model, summary=" ".join(text) if text else None, input_path=a.input, data=a.data,
+                 split=a.split, out=a.out, limit=a.limit)
+    return 0
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> int:
+    from writemypaper import config, evaluate
+
+    cfg = config.load_config(a.config, a.overrides, kind="evaluate")
+    if a.n is not None:
+        cfg.n_samples = a.n
+    models = evaluate.parse_models(a.models) if a.models else None
+    scores = evaluate.evaluate(cfg, out=a.out, models=models, data=a.data, predictions=a.predictions)
+    print(evaluate.summary_table(scores))
+    print(f"report: {a.out}/report.html")
+    return 0
+
+
+def _cmd_export(a: argparse.Namespace) -> int:
+    from writemypaper import export
+
+    path = export.export(a.run_dir, a.out, scores=a.scores, precision=a.precision, push_to_hub=a.push_to_hub,
+                         private=not a.public)
+    print(f"merged model written to {path}")
+    return 0
+
+
+def _cmd_serve(a: argparse.Namespace) -> int:
+    from writemypaper import serve
+
+    serve.main(model=a.model, host=a.host, port=a.port, precision=a.precision, max_input_chars=a.max_input_chars,
+               max_new_tokens=a.max_new_tokens, min_temperature=a.min_temperature, max_temperature=a.max_temperature,
+               queue_depth=a.queue_depth, max_batch_size=a.max_batch_size)
+    return 0
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from writemypaper import demo
+
+    demo.demo(out=a.out, steps=a.steps, eval_samples=a.eval_samples, max_new_tokens=a.max_new_tokens,
+              overrides=a.overrides)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="writemypaper",
+        description="Fine-tune a Gemma chat model to turn the summary of a Korean academic paper into its full "
+        "abstract, then measure, serve and share it.\n\nStart with: writemypaper demo",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--version", action="version", version=f"writemypaper {__version__}")
+    sub = p.add_subparsers(dest="verb", metavar="VERB")
+
+    # prepare ------------------------------------------------------------------------------------------------------
+    sp = sub.add_parser(
+        "prepare",
+        help="read the 논문자료 요약 corpus (json, jsonl, directories, zips), check it and split it",
+        description="Read the AIHub 논문자료 요약 corpus in any layout it ships in, normalise and check every "
+        "summary/original pair, and write train/validation/test splits (by document, stratified by field) "
+        "plus stats.json.\n\nexample:\n  writemypaper prepare --input data/sample --out prepared",
+        formatter_class=_Formatter,
+    )
+    sp.add_argument("--input", nargs="+", required=True, metavar="PATH", help=".json, .jsonl, .zip files or directories")
+    sp.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
+    sp.add_argument("--granularity", choices=["entire", "section", "both"], default="entire",
+                    help="pairs from summary_entire, summary_section, or both")
+    sp.add_argument("--val-fraction", type=_fraction, default=0.1, help="share of documents for validation")
+    sp.add_argument("--test-fraction", type=_fraction, default=0.1, help="share of documents for test")
+    sp.add_argument("--seed", type=int, default=42, help="seed of the split")
+    sp.add_argument("--min-chars", type=int, default=10, help="skip pairs whose summary is shorter than this")
+    sp.add_argument("--max-chars", type=_positive_int, default=4000, help="skip pairs whose original is longer than this")
+    sp.add_argument("--strict", action="store_true", help="exit non-zero if any record was skipped")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=_cmd_prepare)
+
+    # train --------------------------------------------------------------------------------------------------------
+    from writemypaper.config import available_presets  # cheap: yaml only
+
+    sp = sub.add_parser(
+        "train",
+        help="LoRA/QLoRA fine-tuning with TRL's SFTTrainer, from a preset in configs/",
+        description="Fine-tune a Gemma chat model on prepared splits with LoRA (or QLoRA in 4-bit on a GPU), "
+        "evaluating the validation loss as it goes, with early stopping, resumable checkpoints, TensorBoard logs "
+        "and a loss-curve PNG.\n\nOverride any preset key with KEY=VALUE, e.g. training.learning_rate=1e-4 "
+        "lora.r=16 training.max_steps=100.\n\nexamples:\n"
+        "  writemypaper train --config cpu-demo --data prepared --out runs/demo\n"
+        "  writemypaper train --config seed --data prepared --out runs/seed --model google/gemma-2-2b-it\n"
+        "  accelerate launch -m writemypaper train --config fast --data prepared --out runs/fast",
+        formatter_class=_Formatter,
+    )
+    sp.add_argument("--config", default="cpu-demo", metavar="PRESET|FILE",
+                    help=f"preset name ({', '.join(available_presets('train'))}) or a YAML file")
+    sp.add_argument("--data", required=True, metavar="DIR", help="a directory written by `writemypaper prepare`")
+    sp.add_argument("--out", required=True, metavar="RUN_DIR", help="where the adapter, logs and metrics go")
+    sp.add_argument("--model", default=None, help="Hub id, local directory or 'gemma3-270m' (overrides the preset)")
+    sp.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in RUN_DIR")
+    sp.add_argument("--dry-run", action="store_true",
+                    help="print the resolved config, trainable parameters and dataset sizes, then exit")
+    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    sp.set_defaults(func=_cmd_train)
+
+    # generate -----------------------------------------------------------------------------------------------------
+    sp = sub.add_parser(
+        "generate",
+        help="write abstracts from summaries: one streamed, or many in batches to JSONL",
+        description="Write full abstracts from summaries with a base model, a training run or a merged export. "
+        "One summary streams to the terminal; --input or --split generate in batches with a progress bar.\n\n"
+        "examples:\n"
+        "  writemypaper generate \"한ㆍ중ㆍ일 세 나라의 정치 태도를 비교하였다.\" --model runs/demo\n"
+        "  writemypaper generate --input summaries.txt --model runs/demo --out abstracts.jsonl\n"
+        "  writemypaper generate --data prepared --split test --model runs/demo --out test.jsonl",
+        formatter_class=_Formatter,
+    )
+    sp.add_argument("args", nargs="*", metavar="SUMMARY|KEY=VALUE", help="a summary, and/or config overrides")
+    sp.add_argument("--model", default=None, help="base model, training run or export (default: the preset's)")
+    sp.add_argument("--config", default="generate", metavar="PRESET|FILE", help="generation preset or YAML file")
+    sp.add_argument("--input", default=None, metavar="FILE", help=".txt (a summary a line), .jsonl or .csv with 'summary'")
+    sp.add_argument("--data", default=None, metavar="DIR", help="prepared directory, with --split")
+    sp.add_argument("--split", default=None, choices=["train", "validation", "test"], help="generate for a split")
+    sp.add_argument("--out", default=None, metavar="FILE.jsonl", help="write JSONL here (default: stdout)")
+    sp.add_argument("--limit", type=_positive_int, default=None, help="only the first N inputs")
+    sp.add_argument("--batch-size", type=_positive_int, default=None)
+    sp.add_argument("--max-new-tokens", type=_positive_int, default=None)
+    sp.add_argument("--temperature", type=float, default=None)
+    sp.add_argument("--top-p", type=float, default=None)
+    sp.add_argument("--top-k", type=int, default=None)
+    sp.add_argument("--repetition-penalty", type=float, default=None)
+    sp.add_argument("--num-return-sequences", type=_positive_int, default=None)
+    sp.add_argument("--seed", type=int, default=None, help="makes sampled output reproducible")
+    sp.add_argument("--greedy", action="store_true", help="greedy decoding (no sampling)")
+    sp.set_defaults(func=_cmd_generate)
+
+    # evaluate -----------------------------------------------------------------------------------------------------
+    sp = sub.add_parser(
+        "evaluate",
+        help="score models (or existing outputs): Korean-morpheme ROUGE, fact check, loss; HTML report",
+        description="Generate abstracts for N test pairs with each model and score them: ROUGE-1/2/L over Kiwi "
+        "morphemes and character ROUGE-L, unsupported facts (numbers, years, terms the summary lacks) and "
+        "coverage, length ratio, and loss/perplexity on the references. Writes scores.json, predictions.jsonl "
+        "and a self-contained report.html.\n\nexamples:\n"
+        "  writemypaper evaluate --data prepared --models base=gemma3-270m tuned=runs/demo --out eval\n"
+        "  writemypaper evaluate --predictions outputs.jsonl --out eval",
+        formatter_class=_Formatter,
+    )
+    sp.add_argument("--models", nargs="+", default=None, metavar="NAME=MODEL", help="models to compare")
+    sp.add_argument("--data", default=None, metavar="DIR", help="prepared directory (its test split is used)")
+    sp.add_argument("--predictions", nargs="+", default=None, metavar="[NAME=]FILE.jsonl",
+                    help="score existing outputs: JSONL with summary, reference, prediction")
+    sp.add_argument("--out", required=True, metavar="DIR", help="scores.json and report.html go here")
+    sp.add_argument("-n", type=_positive_int, default=None, help="number of test pairs (overrides n_samples)")
+    sp.add_argument("--config", default="evaluate", metavar="PRESET|FILE")
+    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    sp.set_defaults(func=_cmd_evaluate)
+
+    # serve --------------------------------------------------------------------------------------------------------
+    sp = sub.add_parser(
+        "serve",
+        help="an OpenAI-compatible API and a web page that writes an abstract from a summary",
+        description="Serve a model over the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models, "
+        "/health) and a web page at / where a summary becomes a streamed abstract with unsupported facts "
+        "highlighted.\n\nexample:\n  writemypaper serve --model runs/demo --port 8000",
+        formatter_class=_Formatter,
+    )
+    sp.add_argument("--model", default=None, help="training run, model directory or 'gemma3-270m' (the default)")
+    sp.add_argument("--host", default="127.0.0.1", help="bind address (only this machine by default)")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    sp.add_argument("--max-input-chars", type=_positive_int, default=4000, help="longest summary accepted")
+    sp.add_argument("--max-new-tokens", type=_positive_int, default=1024, help="largest max_tokens accepted")
+    sp.add_argument("--min-temperature", type=float, default=0.0)
+    sp.add_argument("--max-temperature", type=float, default=2.0)
+    sp.add_argument("--queue-depth", type=_positive_int, default=64, help="requests waiting before 429")
+    sp.add_argument("--max-batch-size", type=_positive_int, default=8, help="requests batched on the model at once")
+    sp.set_defaults(func=_cmd_serve)
+
+    # export -------------------------------------------------------------------------------------------------------
+    sp = sub.add_parser(
+        "export",
+        help="merge a run's adapter into its base model, with a model card",
+        description="Merge a training run's LoRA adapter into the base weights and write a directory that plain "
+        "transformers loads (chat template set), with a README.md model card.\n\nexample:\n"
+        "  writemypaper export runs/demo --out exported/demo --scores eval/scores.json",
+        formatter_class=_Formatter,
+    )
+    sp.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `writemypaper train`")
+    sp.add_argument("--out", required=True, metavar="DIR")
+    sp.add_argument("--scores", default=None, metavar="scores.json", help="evaluation scores for the model card")
+    sp.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    sp.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload to this Hub repo (needs HF_TOKEN)")
+    sp.add_argument("--public", action="store_true", help="make the Hub repo public (private by default)")
+    sp.set_defaults(func=_cmd_export)
+
+    # demo ---------------------------------------------------------------------------------------------------------
+    sp = sub.add_parser(
+        "demo",
+        help="the whole pipeline offline on the embedded model and sample corpus (a few minutes on a CPU)",
+        description="Prepare the sample corpus, fine-tune the embedded Gemma 3 270M with the cpu-demo preset, "
+        "evaluate base against tuned on held-out pairs and write the report. Runs offline; uses a GPU if present."
+        "\n\nexample:\n  writemypaper demo --out writemypaper-demo",
+        formatter_class=_Formatter,
+    )
+    sp.add_argument("--out", default="writemypaper-demo", metavar="DIR")
+    sp.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the preset's)")
+    sp.add_argument("--eval-samples", type=_positive_int, default=8, help="held-out pairs to evaluate")
+    sp.add_argument("--max-new-tokens", type=_positive_int, default=192, help="longest generated abstract")
+    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="cpu-demo preset overrides")
+    sp.set_defaults(func=_cmd_demo)
+
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"writemypaper: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("writemypaper: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Batched and streaming generation of abstracts from summaries, with the training prompt.
+
+    writemypaper generate "요약문..." --model runs/demo
+    writemypaper generate --data prepared --split test --model runs/demo --out predictions.jsonl
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Iterator
+
+from writemypaper import prompts
+from writemypaper.errors import UserError
+
+
+@dataclass
+class GenerationSettings:
+    """Defaults suit abstracts: sampling at a moderate temperature with a repetition penalty, because greedy
+    decoding with no repetition control loops on small models."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 50
+    repetition_penalty: float = 1.15
+    num_return_sequences: int = 1
+    do_sample: bool = True
+    seed: int | None = 0
+
+    def validate(self) -> "GenerationSettings":
+        problems = []
+        if not 1 <= self.max_new_tokens <= 8192:
+            problems.append(f"max_new_tokens={self.max_new_tokens} is not in [1, 8192]")
+        if not 0.0 <= self.temperature <= 5.0:
+            problems.append(f"temperature={self.temperature} is not in [0, 5]")
+        if not 0.0 < self.top_p <= 1.0:
+            problems.append(f"top_p={self.top_p} is not in (0, 1]")
+        if self.top_k < 0:
+            problems.append(f"top_k={self.top_k} is negative")
+        if not 0.5 <= self.repetition_penalty <= 3.0:
+            problems.append(f"repetition_penalty={self.repetition_penalty} is not in [0.5, 3]")
+        if not 1 <= self.num_return_sequences <= 16:
+            problems.append(f"num_return_sequences={self.num_return_sequences} is not in [1, 16]")
+        if problems:
+            raise UserError("; ".join(problems))
+        return self
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GenerationSettings":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise UserError(f"unknown generation setting(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(names))})")
+        return cls(**d).validate()
+
+    def generate_kwargs(self, tokenizer) -> dict:
+        sample = self.do_sample and self.temperature > 0
+        kw = dict(
+            max_new_tokens=self.max_new_tokens,
+            do_sample=sample,
+            repetition_penalty=self.repetition_penalty,
+            num_return_sequences=self.num_return_sequences,
+            eos_token_id=prompts.stop_token_ids(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        if sample:
+            kw.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        else:
+            kw.update(temperature=None, top_p=None, top_k=None)
+        return kw
+
+
+class Generator:
+    """A loaded model and tokenizer that write abstracts: `generate` for batches, `stream` for one summary."""
+
+    def __init__(self, model, tokenizer, instruction: str | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "left"  # batched generation needs the prompts flush right
+        self.instruction = instruction
+        self.lock = threading.Lock()  # one generate call on the model at a time (the server shares one Generator)
+
+    @classmethod
+    def load(cls, model: str | None = None, precision: str = "auto", device: str | None = None,
+             instruction: str | None = None) -> "Generator":
+        from writemypaper.models import load_for_inference
+
+        m, tok = load_for_inference(model, precision=precision, device=device)
+        return cls(m, tok, instruction=instruction or _run_instruction(model))
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def _encode(self, summaries: list[str]):
+        texts = [prompts.render_prompt(s, self.instruction, self.tokenizer.bos_token) for s in summaries]
+        return self.tokenizer(texts, add_special_tokens=False, return_tensors="pt", padding=True).to(self.device)
+
+    def generate(self, summaries: list[str], settings: GenerationSettings | None = None, batch_size: int = 8,
+                 progress: bool = False) -> list[list[str]]:
+        """One list of `num_return_sequences` abstracts per summary, in input order."""
+        import torch
+        from tqdm.auto import tqdm
+
+        settings = (settings or GenerationSettings()).validate()
+        if settings.seed is not None:
+            torch.manual_seed(settings.seed)
+        # Sort by length so each batch pads little; restore the order at the end.
+        order = sorted(range(len(summaries)), key=lambda i: len(summaries[i]), reverse=True)
+        results: dict[int, list[str]] = {}
+        bar = tqdm(total=len(summaries), desc="generating", unit="abstract", disable=not progress)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            enc = self._encode([summaries[i] for i in idx])
+            with self.lock, torch.inference_mode():
+                out = self.model.generate(**enc, **settings.generate_kwargs(self.tokenizer))
+            new = out[:, enc["input_ids"].shape[1]:]
+            texts = [self.decode(row) for row in new]
+            n = settings.num_return_sequences
+            for j, i in enumerate(idx):
+                results[i] = texts[j * n:(j + 1) * n]
+            bar.update(len(idx))
+        bar.close()
+        return [results[i] for i in range(len(summaries))]
+
+    def decode(self, ids) -> str:
+        """Text up to the first stop token, without special tokens."""
+        stops = set(prompts.stop_token_ids(self.tokenizer))
+        ids = [int(t) for t in ids]
+        for k, t in enumerate(ids):
+            if t in stops:
+                ids = ids[:k]
+                break
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def stream(self, summary: str, settings: GenerationSettings | None = None) -> Iterator[str]:
+        """Yield the abstract piece by piece as the model writes it."""
+        import torch
+        from transformers import TextIteratorStreamer
+
+        settings = (settings or GenerationSettings()).validate()
+        if settings.num_return_sequences != 1:
+            raise UserError("streaming writes one abstract: num_return_sequences must be 1")
+        enc = self._encode([summary])
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        error: list[BaseException] = []
+
+        def run():
+            try:
+                with self.lock, torch.inference_mode():
+                    if settings.seed is not None:
+                        torch.manual_seed(settings.seed)
+                    self.model.generate(**enc, **settings.generate_kwargs(self.tokenizer), streamer=streamer)
+            except BaseException as e:  # surfaced in the consumer's thread below
+                error.append(e)
+                streamer.end()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        yield from streamer
+        thread.join()
+        if error:
+            raise error[0]
+
+
+def _run_instruction(model: str | None) -> str | None:
+    """A training run remembers its instruction, so generation uses the one it was trained with."""
+    if model and Path(model, "writemypaper.json").is_file():
+        return json.loads(Path(model, "writemypaper.json").read_text(encoding="utf-8")).get("instruction")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# inputs
+
+
+def read_inputs(path: str | Path) -> list[dict]:
+    """Summaries from .txt (one a line), .jsonl (a `summary` field) or .csv (a `summary` column)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--input {path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 (byte {e.start})") from None
+    rows: list[dict] = []
+    if path.suffix == ".txt":
+        rows = [{"summary": line.strip()} for line in text.splitlines() if line.strip()]
+    elif path.suffix == ".jsonl":
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{n}: malformed JSON at column {e.colno}: {e.msg}") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("summary"), str) or not obj["summary"].strip():
+                raise UserError(f"{path}:{n}: no 'summary' text field")
+            rows.append(obj)
+    elif path.suffix == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        if "summary" not in (reader.fieldnames or []):
+            raise UserError(f"{path}: no 'summary' column (columns: {', '.join(reader.fieldnames or [])})")
+        rows = [dict(r) for r in reader if (r.get("summary") or "").strip()]
+    else:
+        raise UserError(f"{path}: use .txt (one summary a line), .jsonl (a 'summary' field) or .csv (a 'summary' column)")
+    if not rows:
+        raise UserError(f"{path}: no summaries in it")
+    return rows
+
+
+def settings_from_config(cfg) -> GenerationSettings:
+    from writemypaper.config import to_dict
+
+    return GenerationSettings.from_dict(to_dict(cfg.generation))
+
+
+def run(cfg, model: str | None, summary: str | None = None, input_path: str | None = None, data: str | None = None,
+        split: str | None = None, out: str | None = None, limit: int | None = None) -> list[dict] | None:
+    """The `generate` verb. One summary streams to the terminal; many get a progress bar and a JSONL file."""
+    import sys
+
+    from writemypaper.atomic import atomic_write_jsonl
+
+    sources = sum(x is not None for x in (summary, input_path, split))
+    if sources != 1:
+        raise UserError("give exactly one of: a summary, --input FILE, or --split SPLIT (with --data DIR)")
+    if split is not None and data is None:
+        raise UserError("--split needs --data PREPARED_DIR")
+    settings = settings_from_config(cfg)
+    gen = Generator.load(model or cfg.model, precision=cfg.precision, instruction=cfg.get("instruction"))
+    if summary is not None and out is None:
+        for piece in gen.stream(summary, settings):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return None
+    if summary is not None:
+        rows = [{"summary": summary}]
+    elif input_path is not None:
+        rows = read_inputs(input_path)
+    else:
+        from writemypaper.data import load_split
+
+        ds = load_split(data, split)
+        rows = [{"doc_id": r["doc_id"], "summary": r["summary"], "reference": r["original"]} for r in ds]
+    if limit:
+        rows = rows[:limit]
+    outputs = gen.generate([r["summary"] for r in rows], settings, batch_size=cfg.batch_size, progress=True)
+    record_settings = asdict(settings) | {"model": model or cfg.model}
+    results = []
+    for r, outs in zip(rows, outputs):
+        for k, text in enumerate(outs):
+            results.append({**r, "generated": text, "sample": k, "settings": record_settings})
+    if out is None:
+        for r in results:
+            print(json.dumps(r, ensure_ascii=False))
+    else:
+        from writemypaper.config import save_config
+
+        atomic_write_jsonl(out, results)
+        save_config(cfg, Path(out).with_suffix(".config.yaml"))
+        print(f"wrote {len(results)} abstracts to {out}")
+    return results

@@ -1,0 +1,75 @@
+"""The one prompt format, used by training, generation, serving and the report.
+
+Gemma's turn format, byte for byte:
+    <bos><start_of_turn>user\\n{instruction}\\n\\n{summary}<end_of_turn>\\n<start_of_turn>model\\n{original}<end_of_turn>\\n
+followed by the tokenizer's eos in training. The rendered text already holds `<bos>`, so it is always tokenized
+with `add_special_tokens=False`: tokenizing it again with special tokens would double the BOS.
+"""
+
+from __future__ import annotations
+
+DEFAULT_INSTRUCTION = "다음 요약된 글을 한 문단으로 길게 써주세요."
+END_OF_TURN = "<end_of_turn>"
+START_OF_TURN = "<start_of_turn>"
+
+# Gemma's turn format as a chat template, set on every tokenizer we load or export, so that plain
+# `tokenizer.apply_chat_template` renders exactly what `render_prompt` does. Gemma has no system role: system
+# text is folded into the first user turn (Gemma's own template refuses it outright).
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- set ns = namespace(system='') -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}{%- set ns.system = ns.system + message['content'] + '\n\n' -%}"
+    "{%- else -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (ns.system if role == 'user' else '') + message['content'] | trim"
+    " + '<end_of_turn>\n' }}"
+    "{%- if role == 'user' -%}{%- set ns.system = '' -%}{%- endif -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+
+
+def user_message(summary: str, instruction: str | None = None) -> str:
+    """The user turn's text: the instruction, a blank line, the summary."""
+    return f"{instruction or DEFAULT_INSTRUCTION}\n\n{summary.strip()}"
+
+
+def render_prompt(summary: str, instruction: str | None = None, bos: str = "<bos>") -> str:
+    """Everything up to where the model starts writing (the generation prompt)."""
+    return f"{bos}{START_OF_TURN}user\n{user_message(summary, instruction)}{END_OF_TURN}\n{START_OF_TURN}model\n"
+
+
+def render_example(summary: str, original: str, instruction: str | None = None, bos: str = "<bos>") -> str:
+    """A whole training example, without the trailing eos (which is added as a token id)."""
+    return f"{render_prompt(summary, instruction, bos)}{original.strip()}{END_OF_TURN}\n"
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Generation stops on `<end_of_turn>` and on eos. Look the ids up: they differ between Gemma versions."""
+    ids = [tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.eos_token_id]
+    return [i for i in dict.fromkeys(ids) if i is not None and i != tokenizer.unk_token_id]
+
+
+def encode_prompt(tokenizer, summary: str, instruction: str | None = None) -> list[int]:
+    return tokenizer(render_prompt(summary, instruction, tokenizer.bos_token), add_special_tokens=False)["input_ids"]
+
+
+def encode_example(tokenizer, summary: str, original: str, instruction: str | None = None) -> dict[str, list[int]]:
+    """Token ids and labels for one training pair. Labels are -100 on the prompt, so the loss falls only on the
+    model's turn: the abstract, its `<end_of_turn>`, the newline after it and the eos."""
+    prompt_ids = encode_prompt(tokenizer, summary, instruction)
+    full = render_example(summary, original, instruction, tokenizer.bos_token)
+    ids = tokenizer(full, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    if ids[: len(prompt_ids)] != prompt_ids:
+        # The prompt ends in "model\n", and a tokenizer may merge that newline with the answer's first characters.
+        # Mask by the longest common prefix instead, so no answer token is ever hidden from the loss.
+        n = 0
+        while n < min(len(ids), len(prompt_ids)) and ids[n] == prompt_ids[n]:
+            n += 1
+        prompt_len = n
+    else:
+        prompt_len = len(prompt_ids)
+    labels = [-100] * prompt_len + ids[prompt_len:]
+    return {"input_ids": ids, "labels": labels}

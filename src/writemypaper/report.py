@@ -1,0 +1,273 @@
+"""One self-contained HTML page from scores.json: the aggregate table, score distributions, the loss curve, and every
+sample side by side with the facts that no summary supports highlighted.
+
+    writemypaper evaluate ... writes scores.json and report.html through `write_report`.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import re
+import unicodedata
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+from writemypaper.atomic import atomic_write_text
+
+# (key, label, which value is best). "one": closest to 1. Keys missing from a model's aggregate are left out.
+_METRICS = [
+    ("rouge1", "ROUGE-1 F1 (morphemes)", "high"),
+    ("rouge2", "ROUGE-2 F1 (morphemes)", "high"),
+    ("rougeL", "ROUGE-L F1 (morphemes)", "high"),
+    ("rougeL_char", "ROUGE-L F1 (characters)", "high"),
+    ("coverage", "Coverage of the summary", "high"),
+    ("unsupported_rate", "Unsupported facts / facts", "low"),
+    ("unsupported_per_sample", "Unsupported facts per sample", "low"),
+    ("length_ratio", "Length / reference length (chars)", "one"),
+    ("loss", "Loss", "low"),
+    ("perplexity", "Perplexity", "low"),
+]
+_PLOTTED = [("rougeL", "ROUGE-L F1 (morphemes)"), ("rougeL_char", "ROUGE-L F1 (characters)"),
+            ("unsupported_rate", "Unsupported facts / facts"), ("coverage", "Coverage of the summary")]
+_YARDSTICK = "reference"
+_KIND_NAMES = {"quoted": "quoted term", "latin": "Latin-script term", "hanja": "Hanja term"}
+
+_CSS = """
+:root { color-scheme: light; }
+body { font-family: "Noto Sans CJK KR", "Noto Sans KR", "Apple SD Gothic Neo", "Malgun Gothic", "Nanum Gothic",
+       sans-serif; margin: 2rem auto; max-width: 1400px; padding: 0 1rem; color: #1d1d1f; line-height: 1.6; }
+h1 { margin-bottom: .2rem; } h2 { margin-top: 2.5rem; border-bottom: 1px solid #ddd; }
+code { font-size: .85em; background: #f4f4f4; padding: .1rem .3rem; border-radius: 3px; word-break: break-word; }
+.meta, .note { color: #555; font-size: .9rem; }
+table { border-collapse: collapse; margin: 1rem 0; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid #ddd; padding: .35rem .7rem; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+thead th { background: #f6f6f6; }
+.yardstick { background: #fafaf3; color: #555; font-style: italic; }
+.plot svg { max-width: 100%; height: auto; }
+.sample { border: 1px solid #e3e3e3; border-radius: 6px; margin: 1.2rem 0; padding: .6rem 1rem 1rem; }
+.sample h3 { margin: .2rem 0 .6rem; font-size: 1rem; }
+.row { display: grid; grid-template-columns: repeat(var(--cols), minmax(15rem, 1fr)); gap: .8rem; overflow-x: auto; }
+.cell h4 { margin: 0 0 .3rem; font-size: .85rem; color: #444; }
+.text { white-space: pre-wrap; word-break: keep-all; overflow-wrap: anywhere; margin: 0; font-size: .95rem; }
+.scores { font-size: .78rem; color: #555; margin-top: .4rem; font-variant-numeric: tabular-nums; }
+mark { background: #ffd54f; border-radius: 2px; padding: 0 1px; }
+"""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Text
+
+
+def highlight(text: str, facts: Iterable) -> str:
+    """Escaped HTML of `text` with each fact (a metrics.Fact or its dict) wrapped in <mark title="...kind...">.
+
+    Offsets index the NFC form of `text`, as metrics.extract_facts gives them. A fact whose offsets do not hold its
+    text, or that overlaps an earlier one, is left unmarked rather than marking the wrong characters.
+    """
+    text = unicodedata.normalize("NFC", text)
+    facts = [f if isinstance(f, dict) else vars(f) for f in facts]
+    out, pos = [], 0
+    for f in sorted(facts, key=lambda f: (f["start"], f["end"])):
+        start, end, kind = f["start"], f["end"], str(f.get("kind", "fact"))
+        if start < pos or start >= end or text[start:end] != f.get("text"):
+            continue
+        title = html.escape(f"{_KIND_NAMES.get(kind, kind)} not found in the summary")
+        css = re.sub(r"[^a-z]", "", kind.lower())
+        out.append(html.escape(text[pos:start]))
+        out.append(f'<mark class="fact-{css}" title="{title}">{html.escape(text[start:end])}</mark>')
+        pos = end
+    out.append(html.escape(text[pos:]))
+    return "".join(out)
+
+
+def _is_num(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _num(value, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if _is_num(value) else "—"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Aggregate table
+
+
+def _best(values: dict[str, float], rule: str) -> set[str]:
+    if len(values) < 2:
+        return set()
+    key = {"high": lambda v: -v, "low": lambda v: v, "one": lambda v: abs(v - 1.0)}[rule]
+    target = min(key(v) for v in values.values())
+    return {m for m, v in values.items() if abs(key(v) - target) < 1e-12}
+
+
+def _table(scores: dict) -> str:
+    models = list(scores["models"])
+    agg = scores["aggregate"]
+    yard = agg.get(_YARDSTICK, {})
+    known = {k for k, _, _ in _METRICS}
+    # Anything the evaluate verb adds later still shows up, without a "best" marking.
+    extra = sorted({k for m in models for k, v in agg.get(m, {}).items() if k not in known and _is_num(v)})
+    rows = list(_METRICS) + [(k, k, None) for k in extra]
+
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in models)
+    lines = ["<table><thead><tr><th>Metric</th>" + head
+             + '<th class="yardstick">Reference (human abstract)</th></tr></thead><tbody>']
+    for key, label, rule in rows:
+        values = {m: agg[m][key] for m in models if _is_num(agg.get(m, {}).get(key))}
+        if not values:
+            continue
+        digits = 2 if key == "perplexity" else 3
+        best = _best(values, rule) if rule else set()
+        cells = "".join(
+            f"<td><strong>{_num(values[m], digits)}</strong></td>" if m in best
+            else f"<td>{_num(values.get(m), digits)}</td>"
+            for m in models
+        )
+        yardstick = f'<td class="yardstick">{_num(yard.get(key), digits)}</td>'
+        lines.append(f"<tr><td>{html.escape(label)}</td>{cells}{yardstick}</tr>")
+    lines.append("</tbody></table>")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Plots: inline SVG drawn with matplotlib's object API (no pyplot, so no global backend or figure state)
+
+
+def _label(text: str) -> str:
+    return text.replace("$", r"\$")  # a $ would switch matplotlib to mathtext
+
+
+def _svg(fig) -> str:
+    import matplotlib
+
+    buf = io.StringIO()
+    # Text stays text (the browser draws any Korean in a model name with the page's fonts); a fixed hash salt keeps
+    # the element ids, and so the report, identical between runs.
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "writemypaper"}), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from")
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    svg = buf.getvalue()
+    # Inside HTML the XML declaration and DOCTYPE are noise, and the RDF metadata only names URLs.
+    svg = svg[svg.index("<svg"):]
+    return re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
+
+
+def _distributions_svg(scores: dict) -> str:
+    from matplotlib.figure import Figure
+
+    models = list(scores["models"])
+    fig = Figure(figsize=(3.4 * len(_PLOTTED), 3.8), layout="constrained")
+    for ax, (key, label) in zip(fig.subplots(1, len(_PLOTTED)), _PLOTTED):
+        names = models[:]
+        data = [[s["outputs"][m][key] for s in scores["samples"]] for m in models]
+        if key in ("unsupported_rate", "coverage"):
+            names.append(_YARDSTICK)
+            data.append([s["reference_faithfulness"][key] for s in scores["samples"]])
+        if not names:
+            ax.set_axis_off()
+            continue
+        ax.boxplot(data, showmeans=True)
+        crowded = sum(len(n) for n in names) > 24
+        ax.set_xticks(range(1, len(names) + 1), [_label(n) for n in names],
+                      rotation=30 if crowded else 0, ha="right" if crowded else "center")
+        ax.set_title(label, fontsize=10)
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Per-sample scores (box: quartiles, line: median, triangle: mean)", fontsize=10)
+    return _svg(fig)
+
+
+def _loss_svg(log_history: list[dict]) -> str | None:
+    from matplotlib.figure import Figure
+
+    train = [(e["step"], e["loss"]) for e in log_history if "step" in e and _is_num(e.get("loss"))]
+    val = [(e["step"], e["eval_loss"]) for e in log_history if "step" in e and _is_num(e.get("eval_loss"))]
+    if not train and not val:
+        return None
+    fig = Figure(figsize=(7, 3.6), layout="constrained")
+    ax = fig.subplots()
+    if train:
+        ax.plot(*zip(*train), label="train loss", color="tab:blue")
+    if val:
+        ax.plot(*zip(*val), label="validation loss", color="tab:orange", marker="o")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _svg(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Samples
+
+
+def _sample(i: int, s: dict, models: list[str]) -> str:
+    ref_f = s["reference_faithfulness"]
+    cells = [
+        ("Summary (model input)", html.escape(s["summary"]), ""),
+        ("Reference (human abstract)", highlight(s["reference"], ref_f["unsupported"]),
+         f"unsupported {len(ref_f['unsupported'])}/{ref_f['n_facts']} · coverage {_num(ref_f['coverage'], 2)}"),
+    ]
+    for m in models:
+        o = s["outputs"][m]
+        cells.append((
+            m,
+            highlight(o["prediction"], o["unsupported"]),
+            f"R-1 {_num(o['rouge1'])} · R-2 {_num(o['rouge2'])} · R-L {_num(o['rougeL'])} · "
+            f"R-L chars {_num(o['rougeL_char'])}<br>unsupported {len(o['unsupported'])}/{o['n_facts']} · "
+            f"coverage {_num(o['coverage'], 2)} · length {_num(o['length_ratio'], 2)}",
+        ))
+    head = " · ".join(html.escape(str(x)) for x in (s.get("doc_id"), s.get("ipc")) if x)
+    body = "".join(
+        f'<div class="cell"><h4>{html.escape(name)}</h4><p class="text">{text}</p>'
+        + (f'<div class="scores">{small}</div>' if small else "") + "</div>"
+        for name, text, small in cells
+    )
+    return (f'<article class="sample" id="sample-{i + 1}"><h3>#{i + 1}{" · " + head if head else ""}</h3>'
+            f'<div class="row" style="--cols: {len(cells)}">{body}</div></article>')
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Page
+
+
+def write_report(scores: dict, path, log_history: list[dict] | None = None,
+                 title: str = "writemypaper evaluation") -> Path:
+    """Write the evaluation as one HTML file with no external resources; returns its path.
+
+    `scores` is metrics.score()'s dict (evaluate may add aggregate[model]["loss"] and ["perplexity"]);
+    `log_history` is the Hugging Face Trainer's state.log_history, drawn as the train/validation loss curve.
+    """
+    models = list(scores["models"])
+    parts = [
+        f"<header><h1>{html.escape(title)}</h1>",
+        f'<p class="meta">{scores["n_samples"]} samples · models: {html.escape(", ".join(models)) or "none"}</p>',
+        f'<p class="meta">Tokenization: <code>{html.escape(scores["tokenization"])}</code></p></header>',
+        '<section id="aggregate"><h2>Aggregate (means over samples)</h2>',
+        _table(scores),
+        '<p class="note">ROUGE compares each output with the human abstract. Facts (numbers, years, quoted, Latin and '
+        "Hanja terms) and coverage are checked against the <em>summary</em>, the model's only input; the reference "
+        "column applies the same check to the human abstract, as a yardstick. Best model value in bold.</p></section>",
+        '<section id="distributions"><h2>Distributions</h2>',
+        f'<div class="plot">{_distributions_svg(scores)}</div></section>',
+    ]
+    if log_history is not None:
+        loss = _loss_svg(log_history)
+        body = f'<div class="plot">{loss}</div>' if loss else '<p class="note">The log history has no losses.</p>'
+        parts.append(f'<section id="loss"><h2>Training loss</h2>{body}</section>')
+    parts.append('<section id="samples"><h2>Samples</h2><p class="note"><mark>Highlighted</mark>: facts that the '
+                 "summary does not contain (hover for the kind).</p>")
+    parts.extend(_sample(i, s, models) for i, s in enumerate(scores["samples"]))
+    parts.append("</section>")
+
+    page = (
+        '<!doctype html>\n<html lang="ko">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(parts)
+        + "\n</body>\n</html>\n"
+    )
+    return atomic_write_text(path, page)

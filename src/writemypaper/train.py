@@ -1,0 +1,381 @@
+"""LoRA/QLoRA supervised fine-tuning with TRL's SFTTrainer: presets from the notebook's recipe to the fastest on
+a big GPU, evaluation that never materialises the logits, early stopping, and resume after a kill.
+
+    writemypaper train --config cpu-demo --data prepared --out runs/demo
+    accelerate launch -m writemypaper train --config fast --data prepared --out runs/fast     # several GPUs
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+from writemypaper.errors import UserError
+
+# Our own keys; everything under `training:` goes to TRL's SFTConfig, everything under `lora:` to PEFT's LoraConfig.
+TOP_KEYS = {
+    "kind", "open_sections", "source", "model", "precision", "attn_implementation", "quantization", "instruction",
+    "max_train_samples", "max_eval_samples", "early_stopping_patience", "lora", "training",
+}
+CHECKPOINTS = "checkpoints"
+COMPLETE = "writemypaper-complete"  # written into a checkpoint once the Trainer has finished saving it
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# validation: every problem found before any model is loaded
+
+
+def validate(cfg, data_dir: str, out_dir: str, resume: bool) -> None:
+    from peft import LoraConfig
+    from trl import SFTConfig
+
+    from writemypaper.config import to_dict
+
+    problems = []
+    c = to_dict(cfg)
+    for k in set(c) - TOP_KEYS:
+        problems.append(f"unknown key '{k}'")
+    sft_fields = {f.name for f in dataclasses.fields(SFTConfig)}
+    for k in set(c.get("training") or {}) - sft_fields:
+        problems.append(f"training.{k} is not an SFTConfig option")
+    for k in ("output_dir", "resume_from_checkpoint", "bf16", "fp16"):
+        if k in (c.get("training") or {}):
+            problems.append(f"training.{k} is set by writemypaper (use --out, --resume, precision=...)")
+    lora_fields = {f.name for f in dataclasses.fields(LoraConfig)}
+    for k in set(c.get("lora") or {}) - lora_fields:
+        problems.append(f"lora.{k} is not a LoraConfig option")
+    lora = c.get("lora") or {}
+    if lora.get("r", 1) <= 0:
+        problems.append(f"lora.r={lora.get('r')} must be positive")
+    if not 0 <= lora.get("lora_dropout", 0) < 1:
+        problems.append(f"lora.lora_dropout={lora.get('lora_dropout')} must be in [0, 1)")
+    t = c.get("training") or {}
+    if t.get("learning_rate", 1e-4) <= 0:
+        problems.append(f"training.learning_rate={t.get('learning_rate')} must be positive")
+    if (t.get("max_length") or 1) < 16:
+        problems.append(f"training.max_length={t.get('max_length')} is too small (at least 16)")
+    for k in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if k in t and t[k] < 1:
+            problems.append(f"training.{k}={t[k]} must be at least 1")
+    if c.get("precision", "auto") not in ("auto", "bf16", "fp16", "fp32"):
+        problems.append(f"precision={c.get('precision')} is not one of auto, bf16, fp16, fp32")
+    if c.get("quantization") not in (None, "nf4", "4bit"):
+        problems.append(f"quantization={c.get('quantization')} is not nf4 or null")
+    patience = c.get("early_stopping_patience")
+    if patience and t.get("eval_strategy", "no") == "no":
+        problems.append("early_stopping_patience needs evaluation: set training.eval_strategy=steps")
+    if not Path(data_dir).is_dir():
+        problems.append(f"--data {data_dir}: no such directory (make one with `writemypaper prepare`)")
+    elif not (Path(data_dir) / "train.parquet").is_file():
+        problems.append(f"--data {data_dir}: no train.parquet; not a directory written by `writemypaper prepare`")
+    out = Path(out_dir)
+    if out.exists() and not resume:
+        if (out / CHECKPOINTS).is_dir() or (out / "adapter_config.json").is_file():
+            problems.append(f"--out {out_dir} already holds a run: add --resume to continue it, or pick another --out")
+    if resume and not out.is_dir():
+        problems.append(f"--resume: {out_dir} does not exist")
+    if problems:
+        raise UserError("; ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# data
+
+
+def tokenize_split(ds, tokenizer, instruction, max_length: int | None, limit: int | None = None):
+    """Token ids and prompt-masked labels. Pairs longer than max_length are dropped, not truncated: a truncated
+    example would lose its `<end_of_turn>` and teach the model never to stop."""
+    from writemypaper import prompts
+
+    if limit:
+        ds = ds.select(range(min(limit, len(ds))))
+    ds = ds.map(
+        lambda r: prompts.encode_example(tokenizer, r["summary"], r["original"], instruction),
+        remove_columns=ds.column_names,
+        desc="tokenizing",
+    )
+    before = len(ds)
+    if max_length:
+        ds = ds.filter(lambda r: len(r["input_ids"]) <= max_length, desc="dropping over-long pairs")
+    return ds, before - len(ds)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def complete_checkpoints(out_dir: str | Path) -> list[Path]:
+    """Checkpoints the Trainer finished writing, oldest first. A checkpoint half-written when the process was killed
+    has no marker and is never picked."""
+    root = Path(out_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+        if m and (p / COMPLETE).is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def _callbacks(patience: int | None):
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import ProgressCallback
+
+    class MarkComplete(TrainerCallback):
+        """on_save runs after the Trainer has written every file of the checkpoint."""
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if ckpt.is_dir():
+                    from writemypaper.atomic import atomic_write_text
+
+                    atomic_write_text(ckpt / COMPLETE, f"{state.global_step}\n")
+
+    class LossBar(ProgressCallback):
+        """The Trainer's tqdm bar (with its ETA), showing the latest losses instead of printing dicts."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None and logs:
+                post = {k: f"{v:.4f}" for k, v in logs.items() if k in ("loss", "eval_loss") and v is not None}
+                if post:
+                    self.training_bar.set_postfix(post, refresh=False)
+
+    cbs = [MarkComplete(), LossBar()]
+    if patience:
+        from transformers import EarlyStoppingCallback
+
+        cbs.append(EarlyStoppingCallback(early_stopping_patience=int(patience)))
+    return cbs
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# outputs
+
+
+def plot_losses(log_history: list[dict], path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
+    val = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h and "step" in h]
+    if not train and not val:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    if train:
+        ax.plot(*zip(*train), label="train", marker="." if len(train) < 50 else None)
+    if val:
+        ax.plot(*zip(*val), label="validation", marker="o")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (model turn only)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def _lora_config(cfg):
+    from peft import LoraConfig
+
+    from writemypaper.config import to_dict
+
+    kw = to_dict(cfg.lora)
+    kw.setdefault("task_type", "CAUSAL_LM")
+    return LoraConfig(**kw)
+
+
+def _sft_config(cfg, out: Path, dtype, n_train: int):
+    import torch
+    from trl import SFTConfig
+
+    from writemypaper.config import to_dict
+
+    kw = to_dict(cfg.training)
+    kw.update(
+        output_dir=str(out / CHECKPOINTS),
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        prediction_loss_only=True,  # evaluation keeps the loss only, never the (batch, seq, 256k) logits
+        dataset_kwargs={**(kw.get("dataset_kwargs") or {})},
+    )
+    kw.setdefault("report_to", ["tensorboard"])
+    kw.setdefault("save_strategy", "steps")
+    kw.setdefault("disable_tqdm", False)
+    kw.setdefault("dataloader_pin_memory", torch.cuda.is_available())
+    if kw.get("eval_strategy", "no") != "no" and cfg.get("early_stopping_patience"):
+        kw.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
+        kw["save_steps"] = kw.get("eval_steps") or kw.get("save_steps")
+    if kw.get("gradient_checkpointing"):
+        kw.setdefault("gradient_checkpointing_kwargs", {"use_reentrant": False})
+    kw.setdefault("ddp_find_unused_parameters", False)
+    return SFTConfig(**kw)
+
+
+def _dry_run_params(ref: str, cfg) -> tuple[int, int]:
+    """Trainable and total parameters, counted on a model with no weights (meta device): no download, no memory."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from writemypaper import models
+
+    config = models.load_config(ref)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    model = get_peft_model(model, _lora_config(cfg))
+    return count_parameters(model)
+
+
+def train(cfg, data: str, out: str, model: str | None = None, resume: bool = False, dry_run: bool = False) -> dict:
+    """The `train` verb. Returns the metrics written to RUN_DIR/metrics.json (or the dry-run summary)."""
+    from writemypaper import models
+    from writemypaper.atomic import atomic_write_json
+    from writemypaper.config import save_config, to_dict
+    from writemypaper.data import load_split, read_stats
+
+    if model:
+        cfg.model = model
+    validate(cfg, data, out, resume)
+    out_dir = Path(out)
+    instruction = cfg.get("instruction")
+    ref = models.resolve_model(cfg.model)
+
+    tokenizer = models.load_tokenizer(ref, padding_side="right")
+    max_length = cfg.training.get("max_length")
+    train_ds, dropped_train = tokenize_split(load_split(data, "train"), tokenizer, instruction, max_length,
+                                             cfg.get("max_train_samples"))
+    eval_on = cfg.training.get("eval_strategy", "no") != "no"
+    eval_ds, dropped_eval = (None, 0)
+    if eval_on:
+        eval_ds, dropped_eval = tokenize_split(load_split(data, "validation"), tokenizer, instruction, max_length,
+                                               cfg.get("max_eval_samples"))
+        if len(eval_ds) == 0:
+            raise UserError(f"{data}: the validation split is empty after dropping pairs over max_length={max_length}")
+    if len(train_ds) == 0:
+        raise UserError(f"{data}: no training pairs fit in max_length={max_length}; raise training.max_length")
+    sizes = {"train": len(train_ds), "validation": len(eval_ds) if eval_ds is not None else 0,
+             "dropped_over_max_length": {"train": dropped_train, "validation": dropped_eval}}
+
+    if dry_run:
+        from omegaconf import OmegaConf
+
+        trainable, total = _dry_run_params(ref, cfg)
+        print(OmegaConf.to_yaml(cfg))
+        print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
+        print(f"dataset: {sizes['train']:,} train / {sizes['validation']:,} validation pairs "
+              f"({dropped_train} train and {dropped_eval} validation pairs dropped as longer than max_length={max_length})")
+        return {"trainable_parameters": trainable, "total_parameters": total, "dataset": sizes}
+
+    import torch
+    from trl import SFTTrainer
+
+    checkpoint = None
+    if resume:
+        done = complete_checkpoints(out_dir)
+        if not done:
+            print(f"writemypaper: --resume: no complete checkpoint in {out_dir / CHECKPOINTS}; starting from step 0")
+        else:
+            checkpoint = str(done[-1])
+            print(f"writemypaper: resuming from {checkpoint}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out_dir / "tensorboard")
+    save_config(cfg, out_dir / "config.yaml")
+
+    base = models.load_model(ref, precision=cfg.precision, attn_implementation=cfg.get("attn_implementation"),
+                             quantization=cfg.get("quantization"))
+    dtype = base.dtype if not cfg.get("quantization") else models.resolve_dtype(cfg.precision, base.config.model_type)
+    args = _sft_config(cfg, out_dir, dtype, len(train_ds))
+    trainer = SFTTrainer(
+        model=base, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+        peft_config=_lora_config(cfg), callbacks=_callbacks(cfg.get("early_stopping_patience")),
+    )
+    from transformers.trainer_callback import ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)  # ours (LossBar) replaces it
+    trainable, total = count_parameters(trainer.model)
+    start = time.time()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    runtime = time.time() - start
+
+    metrics: dict = {}
+    if trainer.is_world_process_zero():
+        history = trainer.state.log_history
+        train_losses = [h["loss"] for h in history if "loss" in h]
+        eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
+        # With early stopping the best checkpoint was reloaded at the end, so its loss is the run's loss.
+        final_eval = trainer.state.best_metric if args.load_best_model_at_end else (eval_losses[-1] if eval_losses else None)
+        metrics = {
+            "base_model": cfg.model,
+            "global_step": trainer.state.global_step,
+            "resumed_from": checkpoint,
+            "train_loss_first": train_losses[0] if train_losses else None,
+            "train_loss_last": train_losses[-1] if train_losses else None,
+            "train_loss_mean": result.training_loss,
+            "eval_losses": eval_losses,
+            "eval_loss": final_eval,
+            "eval_perplexity": math.exp(final_eval) if final_eval is not None and final_eval < 50 else None,
+            "best_checkpoint": trainer.state.best_model_checkpoint,
+            "train_runtime_s": runtime,
+            "train_samples_per_second": result.metrics.get("train_samples_per_second"),
+            "train_tokens": trainer._total_train_tokens if hasattr(trainer, "_total_train_tokens") else None,
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+            "dataset": sizes,
+            "precision": str(dtype).replace("torch.", ""),
+            "attn_implementation": getattr(base.config, "_attn_implementation", None),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "world_size": trainer.args.world_size,
+            "versions": _versions(),
+        }
+        _write_run(trainer, tokenizer, out_dir, cfg, data, instruction, metrics, history)
+    return metrics
+
+
+def _versions() -> dict:
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+            "peft": peft.__version__}
+
+
+def _write_run(trainer, tokenizer, out_dir: Path, cfg, data: str, instruction, metrics: dict, history) -> None:
+    """The adapter goes into a temporary directory first; adapter_config.json, which marks a finished run, is moved
+    in last so a run killed while writing never looks finished."""
+    from writemypaper.atomic import atomic_dir, atomic_write_json
+    from writemypaper.data import read_stats
+
+    final = out_dir / ".final"
+    with atomic_dir(final) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    names = sorted(p.name for p in final.iterdir())
+    for name in [n for n in names if n != "adapter_config.json"] + ["adapter_config.json"]:
+        os.replace(final / name, out_dir / name)
+    shutil.rmtree(final, ignore_errors=True)
+    atomic_write_json(out_dir / "writemypaper.json", {"base_model": cfg.model, "instruction": instruction})
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    atomic_write_json(out_dir / "log_history.json", history)
+    atomic_write_json(out_dir / "data_stats.json", read_stats(data))
+    plot_losses(history, out_dir / "loss_curve.png")

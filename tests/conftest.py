@@ -1,0 +1,29 @@
+"""Shared fixtures: small Korean documents in the corpus's own shape (the `orginal_text` spelling included)."""
+
+import pytest
+
+# Hand-written pair in the style of the corpus: Hanja, middle dots, a unit, a percentage and numbers.
+SECTIONS = [
+    ("본 연구는 한ㆍ중ㆍ일 세 나라 대학생 1,200명의 정치 태도를 2019년 설문으로 비교하였다. 응답률은 87%였다.",
+     "한ㆍ중ㆍ일 대학생 1,200명의 정치 태도를 비교하였다."),
+    ("분석 결과 세 나라 모두 권위주의적 태도가 줄었으나 그 속도에는 뚜렷한 차이가 있었다. 특히 對句 표현 문항에서 차이가 컸다.",
+     "권위주의적 태도가 줄었으나 속도에 차이가 있었다."),
+    ("실험실 온도는 25℃로 유지하였고, 표본은 세 차례 반복하여 측정하였으며 그 평균값을 최종 결과로 사용하였다.",
+     "25℃에서 세 차례 반복 측정하였다."),
+]
+
+
+def _make_doc(doc_id, ipc="인문학", title=None, sections=2):
+    secs = SECTIONS[:sections]
+    return {
+        "doc_id": doc_id, "title": title or f"{ipc} 논문 {doc_id}", "date": "2020-01-01", "doc_type": "학술논문",
+        "issued_by": "한국학회", "author": "홍길동", "reg_no": f"REG{doc_id}", "ipc": ipc,
+        "summary_entire": [{"orginal_text": " ".join(o for o, _ in secs), "summary_text": " ".join(s for _, s in secs)}],
+        "summary_section": [{"orginal_text": o, "summary_text": s} for o, s in secs],
+    }
+
+
+@pytest.fixture
+def make_doc():
+    """make_doc(doc_id, ipc="인문학", title=None, sections=2) -> a valid document with `sections` section pairs."""
+    return _make_doc

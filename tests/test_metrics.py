@@ -1,0 +1,297 @@
+"""Metrics on hand-worked Korean examples: ROUGE over Kiwi morphemes, the fact check, coverage and score()."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import unicodedata
+
+import pytest
+
+from writemypaper import metrics
+from writemypaper.errors import UserError
+from writemypaper.metrics import (
+    Fact,
+    coverage,
+    extract_facts,
+    faithfulness,
+    lcs_length,
+    rouge_l,
+    rouge_n,
+    rouge_scores,
+    score,
+    tokenize,
+    unsupported_facts,
+)
+
+# Kiwi's analyses, which the hand working below relies on (checked in test_tokenize_drops_punctuation_keeps_content):
+#   "학생이 학교에 간다."   -> 학생 이 학교 에 가 ᆫ다            (6 tokens; "." (SF) dropped)
+#   "학생이 도서관에 갔다." -> 학생 이 도서관 에 가 었 다         (7 tokens)
+REF = "학생이 학교에 간다."
+PRED = "학생이 도서관에 갔다."
+
+
+def test_tokenize_drops_punctuation_keeps_content():
+    assert tokenize(REF) == ["학생", "이", "학교", "에", "가", "ᆫ다"]
+    assert tokenize(PRED) == ["학생", "이", "도서관", "에", "가", "었", "다"]
+    # Numbers (SN), Latin (SL) and Hanja (SH) stay; ' ( ) = % . and the middle dot go.
+    assert tokenize("한ㆍ중ㆍ일 'CNN' 對句 (n=1,234) 23.4%.") == ["한", "중", "일", "CNN", "對句", "n", "1,234", "23.4"]
+    # Without the % pre-tokenization Kiwi reads "%가" as the verb 가 + 어; with it, 가 is the subject particle.
+    assert tokenize("응답자의 23.4%가 지지하였다.") == ["응답자", "의", "23.4", "가", "지지", "하", "었", "다"]
+    assert metrics.TOKENIZATION.startswith("kiwipiepy ")
+    assert "SW" in metrics.TOKENIZATION and "rougeL_char" in metrics.TOKENIZATION
+
+
+def test_identical_texts_score_one():
+    text = "본 연구는 1980년과 1990년에 한ㆍ중ㆍ일 응답자의 정치 태도를 비교하였다."
+    assert rouge_scores(text, text) == {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0, "rougeL_char": 1.0}
+
+
+def test_no_shared_tokens_score_zero():
+    # 경제 성장 -> 경제 성장; 정치 변화 -> 정치 변화: no morpheme and no character in common.
+    assert rouge_scores("경제 성장", "정치 변화") == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0, "rougeL_char": 0.0}
+
+
+def test_partial_overlap_by_hand():
+    # rouge1: pred 학생 이 도서관 에 가 었 다 (7) / ref 학생 이 학교 에 가 ᆫ다 (6); shared unigrams 학생 이 에 가 = 4
+    #         P = 4/7, R = 4/6, F1 = 2·4/(7+6) = 8/13
+    # rouge2: pred bigrams 학생-이 이-도서관 도서관-에 에-가 가-었 었-다 (6); ref 학생-이 이-학교 학교-에 에-가 가-ᆫ다 (5)
+    #         shared 학생-이, 에-가 = 2: P = 2/6, R = 2/5, F1 = 2·2/(6+5) = 4/11
+    # rougeL: LCS 학생 이 에 가 = 4, so the same as rouge1: 8/13
+    # rougeL_char: "학생이도서관에갔다." (10) / "학생이학교에간다." (9); 갔 ≠ 간, so LCS 학 생 이 에 다 . = 6
+    #         F1 = 2·6/(10+9) = 12/19
+    got = rouge_scores(PRED, REF)
+    assert got["rouge1"] == pytest.approx(8 / 13)
+    assert got["rouge2"] == pytest.approx(4 / 11)
+    assert got["rougeL"] == pytest.approx(8 / 13)
+    assert got["rougeL_char"] == pytest.approx(12 / 19)
+    p, r = tokenize(PRED), tokenize(REF)
+    assert rouge_n(p, r, 1).precision == pytest.approx(4 / 7) and rouge_n(p, r, 1).recall == pytest.approx(4 / 6)
+    assert rouge_n(p, r, 2).precision == pytest.approx(2 / 6) and rouge_n(p, r, 2).recall == pytest.approx(2 / 5)
+    assert (rouge_l(p, r).precision, rouge_l(p, r).recall) == (pytest.approx(4 / 7), pytest.approx(4 / 6))
+
+
+def test_rouge_n_clips_repeated_ngrams():
+    # pred 가 가 가 / ref 가 나: 가 counts once on the reference side, so overlap 1: P = 1/3, R = 1/2.
+    s = rouge_n(["가", "가", "가"], ["가", "나"], 1)
+    assert (s.precision, s.recall) == (pytest.approx(1 / 3), pytest.approx(1 / 2))
+
+
+def test_lcs_bit_parallel_matches_textbook_table():
+    def table(a, b):
+        t = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+        for i, x in enumerate(a):
+            for j, y in enumerate(b):
+                t[i + 1][j + 1] = t[i][j] + 1 if x == y else max(t[i][j + 1], t[i + 1][j])
+        return t[-1][-1]
+
+    rng = random.Random(0)
+    for _ in range(300):
+        a = [rng.choice("가나다라마") for _ in range(rng.randint(0, 30))]
+        b = [rng.choice("가나다라마") for _ in range(rng.randint(0, 30))]
+        assert lcs_length(a, b) == table(a, b)
+
+
+PAIRS = [
+    (PRED, REF),
+    ("1980년과 1990년에 한ㆍ중ㆍ일 응답자의 23.4%가 'Confucian' 가치를 지지하였다.",
+     "1990년 한ㆍ중ㆍ일 응답자 1,234명의 45.2%가 유교적 가치와 對句 표현을 지지하였다."),
+    ("본 연구는 한국 시가의 대구 표현을 분석하였다. 그 결과 대구는 의미를 강조한다.",
+     "이 논문은 고전 시가에 나타난 對句 표현의 양상을 분석하고, 대구가 의미 강조와 운율 형성에 기여함을 밝혔다."),
+    ("CNN 모델의 정확도는 PM2.5 농도 예측에서 높았다.", "PM2.5 농도를 예측하는 CNN과 LSTM 모델을 비교하였다."),
+    ("경제 성장", "정치 변화"),
+]
+
+
+class KiwiTokenizer:
+    """rouge-score accepts any object with tokenize(text); this one hands it our Kiwi tokens."""
+
+    def tokenize(self, text):
+        return tokenize(text)
+
+
+@pytest.mark.parametrize("pred,ref", PAIRS)
+def test_matches_rouge_score_on_the_same_tokens(pred, ref):
+    from rouge_score import rouge_scorer
+
+    theirs = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=KiwiTokenizer()).score(ref, pred)
+    p, r = tokenize(pred), tokenize(ref)
+    ours = {"rouge1": rouge_n(p, r, 1), "rouge2": rouge_n(p, r, 2), "rougeL": rouge_l(p, r)}
+    for key, s in ours.items():
+        assert s.precision == pytest.approx(theirs[key].precision), key
+        assert s.recall == pytest.approx(theirs[key].recall), key
+        assert s.f1 == pytest.approx(theirs[key].fmeasure), key
+
+
+def test_rouge_score_default_tokenizer_deletes_hangul():
+    # The trap: rouge-score keeps only [a-z0-9], so identical Korean texts have no tokens and score 0.
+    from rouge_score import rouge_scorer
+
+    got = rouge_scorer.RougeScorer(["rouge1", "rougeL"]).score(REF, REF)
+    assert got["rouge1"].fmeasure == 0 and got["rougeL"].fmeasure == 0
+    assert rouge_scores(REF, REF)["rouge1"] == 1.0
+
+
+def test_nfc_and_nfd_score_the_same():
+    nfd_pred, nfd_ref = unicodedata.normalize("NFD", PRED), unicodedata.normalize("NFD", REF)
+    assert nfd_pred != PRED
+    assert rouge_scores(nfd_pred, nfd_ref) == rouge_scores(PRED, REF)
+    assert rouge_scores(nfd_pred, REF) == rouge_scores(PRED, REF)
+    text = PAIRS[1][0]
+    assert extract_facts(unicodedata.normalize("NFD", text)) == extract_facts(text)
+    assert coverage(unicodedata.normalize("NFD", REF), PRED) == coverage(REF, PRED)
+
+
+SENTENCE = "1980년과 1990년에 한ㆍ중ㆍ일 응답자의 23.4%가 'Confucian' 가치와 對句 표현을 지지하였다(n=1,234)."
+
+
+def test_extract_facts_by_hand():
+    # Offsets: "1980년" 0-5, "과 " 5-7, "1990년" 7-12, "에 한ㆍ중ㆍ일 응답자의 " 12-25, "23.4%" 25-30, "가 " 30-32,
+    # "'Confucian'" 32-43 (a quoted span swallows the Latin term inside it), " 가치와 " 43-48, "對句" 48-50,
+    # " 표현을 지지하였다(n=" 50-63 (the single letter n is a variable, not a term), "1,234" 63-68.
+    assert extract_facts(SENTENCE) == [
+        Fact("1980년", "year", 0, 5),
+        Fact("1990년", "year", 7, 12),
+        Fact("23.4%", "number", 25, 30),
+        Fact("'Confucian'", "quoted", 32, 43),
+        Fact("對句", "hanja", 48, 50),
+        Fact("1,234", "number", 63, 68),
+    ]
+    for f in extract_facts(SENTENCE):
+        assert SENTENCE[f.start : f.end] == f.text
+
+
+def test_extract_facts_units_terms_and_quotes():
+    text = "PM2.5 농도는 3.5 mg/L, 25℃, 1,234명; COVID-19와 CNN 2 모델; “자유”, ‘평등’, \"박애\"; 5G, 25mg."
+    got = [(f.text, f.kind) for f in extract_facts(text)]
+    assert got == [
+        ("PM2.5", "latin"),
+        ("3.5 mg/L", "number"),
+        ("25℃", "number"),
+        ("1,234명", "number"),
+        ("COVID-19", "latin"),
+        ("CNN", "latin"),
+        ("2", "number"),
+        ("“자유”", "quoted"),
+        ("‘평등’", "quoted"),
+        ('"박애"', "quoted"),
+        ("5G", "latin"),
+        ("25mg", "number"),
+    ]
+
+
+def test_unsupported_facts_flags_only_invented_figures():
+    source = "1990년 한ㆍ중ㆍ일 응답자 1234명의 23.4%가 'Confucian' 가치와 對句를 지지하였다(CNN 분석)."
+    text = "1990년과 2001년에 응답자 1,234명의 23.4%와 45.2%가 'confucian' 가치와 對句를 지지하였다(cnn)."
+    # Supported: 1990년 (value 1990), 1,234명 (1234 once the separator goes), 23.4% (the source has 23.4),
+    # 'confucian' and cnn (case-insensitive), 對句. Invented: 2001년 and 45.2%.
+    # Offsets: "1990년과 " 0-7, "2001년" 7-12, "에 응답자 " 12-18, "1,234명" 18-24, "의 " 24-26, "23.4%" 26-31,
+    # "와 " 31-33, "45.2%" 33-38.
+    assert unsupported_facts(source, text) == [Fact("2001년", "year", 7, 12), Fact("45.2%", "number", 33, 38)]
+    assert unsupported_facts(source, source) == []
+    # A number is supported by its value wherever it appears in the source, also without a unit.
+    assert unsupported_facts("응답률은 23.4였다", "23.4%") == []
+    assert [f.text for f in unsupported_facts("CNNs", "CNN")] == ["CNN"]  # Latin terms match whole words
+
+
+def test_coverage_by_hand():
+    # Content morphemes of "학생이 학교에 간다.": 학생/NNG 학교/NNG 가/VV = {학생, 학교, 가}
+    # of "학생이 도서관에 갔다.": {학생, 도서관, 가}; shared {학생, 가}: 2/3.
+    assert coverage(REF, PRED) == pytest.approx(2 / 3)
+    assert coverage(REF, REF) == 1.0
+    assert coverage("...!", "아무 말") == 1.0  # a source without content morphemes
+    # 응답자/NNG 1,234→1234/SN 지지/NNG; the text writes 1234 without the separator and keeps all three.
+    assert coverage("응답자 1,234명이 지지하였다.", "1234명의 응답자가 지지하였다.") == 1.0
+
+
+def test_faithfulness_rate_and_no_facts():
+    got = faithfulness("응답자의 23.4%가 지지하였다.", "1990년에 응답자의 23.4%가 지지하였다.")
+    assert got == {
+        "unsupported": [{"text": "1990년", "kind": "year", "start": 0, "end": 5}],
+        "n_facts": 2,
+        "unsupported_rate": 0.5,
+        "coverage": 1.0,
+    }
+    assert faithfulness(REF, PRED)["unsupported_rate"] == 0.0  # no facts at all
+
+
+SAMPLES = [
+    {"doc_id": "A", "ipc": "인문학", "summary": REF, "reference": REF},
+    {"doc_id": "B", "ipc": "사회과학", "summary": "응답자의 23.4%가 지지하였다.",
+     "reference": "1990년에 응답자의 23.4%가 지지하였다."},
+]
+PREDICTIONS = {
+    "copy": [REF, "1990년에 응답자의 23.4%가 지지하였다."],
+    "tuned": [PRED, "1990년에 응답자의 45.2%가 지지하였다."],
+}
+
+
+def test_score_shape_and_aggregates():
+    got = score(SAMPLES, PREDICTIONS)
+    assert got["tokenization"] == metrics.TOKENIZATION
+    assert got["models"] == ["copy", "tuned"] and got["n_samples"] == 2
+    assert set(got["aggregate"]) == {"copy", "tuned", "reference"}
+    keys = {"rouge1", "rouge2", "rougeL", "rougeL_char", "unsupported_rate", "unsupported_per_sample", "coverage",
+            "length_ratio"}
+    assert set(got["aggregate"]["copy"]) == keys == set(got["aggregate"]["tuned"])
+    assert set(got["aggregate"]["reference"]) == {"unsupported_rate", "unsupported_per_sample", "coverage"}
+    s = got["samples"][1]
+    assert (s["doc_id"], s["ipc"], s["summary"], s["reference"]) == tuple(SAMPLES[1].values())
+    assert set(s["outputs"]["tuned"]) == keys - {"unsupported_per_sample"} | {"prediction", "unsupported", "n_facts"}
+
+    # Yardstick: reference A has no facts (rate 0) and keeps the summary (coverage 1); reference B adds 1990년 to the
+    # summary's 23.4%: 1 of 2 facts unsupported (rate 0.5), coverage 1.
+    assert got["aggregate"]["reference"] == {"unsupported_rate": 0.25, "unsupported_per_sample": 0.5, "coverage": 1.0}
+    # "copy" reproduces the references: ROUGE 1, and the same faithfulness as the yardstick.
+    copy = got["aggregate"]["copy"]
+    assert {k: copy[k] for k in ("rouge1", "rouge2", "rougeL", "rougeL_char", "length_ratio")} == dict.fromkeys(
+        ("rouge1", "rouge2", "rougeL", "rougeL_char", "length_ratio"), 1.0)
+    assert (copy["unsupported_rate"], copy["unsupported_per_sample"], copy["coverage"]) == (0.25, 0.5, 1.0)
+
+    # "tuned", sample A: the hand-worked pair above (8/13, 4/11, 8/13, 12/19); no facts; coverage 2/3;
+    #   length 12/11 characters.
+    # sample B: 1990 년 에 응답자 의 {45.2 | 23.4} 가 지지 하 었 다: 11 tokens each, one differs:
+    #   rouge1 = rougeL = 10/11; bigrams 10 each, 2 touch the changed number: 8/10.
+    #   characters without spaces: 22 each, the middles "45.2"/"23.4" share one ("."): LCS 18 + 1 = 19 -> 19/22.
+    #   facts 1990년 and 45.2%, neither in the summary: rate 1, 2 unsupported; summary content {응답자, 23.4, 지지}
+    #   keeps 응답자 and 지지: coverage 2/3; same length: ratio 1.
+    tuned = got["aggregate"]["tuned"]
+    assert tuned["rouge1"] == pytest.approx((8 / 13 + 10 / 11) / 2)
+    assert tuned["rouge2"] == pytest.approx((4 / 11 + 8 / 10) / 2)
+    assert tuned["rougeL"] == pytest.approx((8 / 13 + 10 / 11) / 2)
+    assert tuned["rougeL_char"] == pytest.approx((12 / 19 + 19 / 22) / 2)
+    assert tuned["unsupported_rate"] == pytest.approx(0.5)
+    assert tuned["unsupported_per_sample"] == pytest.approx(1.0)
+    assert tuned["coverage"] == pytest.approx(2 / 3)
+    assert tuned["length_ratio"] == pytest.approx((12 / 11 + 1) / 2)
+    out = got["samples"][1]["outputs"]["tuned"]
+    assert [u["text"] for u in out["unsupported"]] == ["1990년", "45.2%"] and out["n_facts"] == 2
+    for u in out["unsupported"]:
+        assert out["prediction"][u["start"] : u["end"]] == u["text"]
+
+
+def test_score_stores_nfc_text_and_is_json_ready():
+    import json
+
+    nfd = [{**s, "reference": unicodedata.normalize("NFD", s["reference"])} for s in SAMPLES]
+    got = score(nfd, {"m": [unicodedata.normalize("NFD", p) for p in PREDICTIONS["tuned"]]})
+    assert got["samples"][1]["reference"] == SAMPLES[1]["reference"]
+    assert json.loads(json.dumps(got, ensure_ascii=False)) == got
+
+
+def test_score_rejects_bad_input_in_one_line():
+    with pytest.raises(UserError, match="model 'copy' has 2 predictions for 1 samples"):
+        score(SAMPLES[:1], PREDICTIONS)
+    with pytest.raises(UserError, match="no 'reference'"):
+        score([{"summary": "요약"}], {"m": ["출력"]})
+    with pytest.raises(UserError, match="reference"):
+        score(SAMPLES, {"reference": ["a", "b"]})
+
+
+def test_import_is_cheap():
+    # Kiwi and matplotlib load only when needed: `writemypaper --help` must stay fast.
+    code = ("import sys, writemypaper.metrics, writemypaper.report; "
+            "print('kiwipiepy' in sys.modules, 'matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

@@ -27,3 +27,37 @@ def _make_doc(doc_id, ipc="인문학", title=None, sections=2):
 def make_doc():
     """make_doc(doc_id, ipc="인문학", title=None, sections=2) -> a valid document with `sections` section pairs."""
     return _make_doc
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# models: the embedded tokenizer, and a tiny random Gemma 2 saved as a local model directory
+
+
+@pytest.fixture(scope="session")
+def embedded_tokenizer():
+    """The embedded Gemma 3 270M tokenizer (the first use converts the GGUF once, about a minute)."""
+    from writemypaper.models import load_tokenizer
+
+    return load_tokenizer("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma2_dir(tmp_path_factory, embedded_tokenizer):
+    """A 2-layer Gemma 2 with random weights and Gemma 2's softcapping, saved with a tokenizer like any local model.
+    Its vocabulary covers the embedded tokenizer's ids, so real Korean text runs through it."""
+    import torch
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Gemma2Config(
+        vocab_size=len(embedded_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
+        attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=64,
+        pad_token_id=embedded_tokenizer.pad_token_id, bos_token_id=embedded_tokenizer.bos_token_id,
+        eos_token_id=embedded_tokenizer.eos_token_id,
+    )
+    model = Gemma2ForCausalLM(config)
+    path = tmp_path_factory.mktemp("tiny-gemma2")
+    model.save_pretrained(path)
+    embedded_tokenizer.save_pretrained(path)
+    return path

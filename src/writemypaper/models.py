@@ -245,14 +245,58 @@ def quantization_config(quantization: str | None, compute_dtype):
     )
 
 
+def end_of_turn_untrained(model, tokenizer, threshold: float = 0.9, sample: int = 16384) -> bool:
+    """True when `<end_of_turn>`'s embedding row sits in the collapsed cluster of rows that pretraining never
+    updated. Base (not -it) Gemma checkpoints have it there: in the embedded Gemma 3 270M it is near-identical
+    (cosine > 0.9) to about 6,400 other rows, so no LoRA on the layers can make it the likeliest token and a tuned
+    model never stops. A trained row has almost no such neighbours."""
+    import torch
+
+    from writemypaper import prompts
+
+    eot = tokenizer.convert_tokens_to_ids(prompts.END_OF_TURN)
+    if eot is None or eot == tokenizer.unk_token_id or eot == tokenizer.eos_token_id:
+        return False
+    weight = model.get_input_embeddings().weight
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, weight.shape[0], (min(sample, weight.shape[0]),), generator=g).to(weight.device)
+    with torch.no_grad():
+        sample_rows = torch.nn.functional.normalize(weight[rows].float(), dim=-1)
+        row = torch.nn.functional.normalize(weight[eot].float(), dim=-1)
+        close = (sample_rows @ row > threshold).float().mean().item()
+    return close > 0.01
+
+
+def fix_end_of_turn(model, tokenizer) -> bool:
+    """Give an untrained `<end_of_turn>` the embedding (and, if untied, the output row) of eos, which pretraining did
+    train: the tuned model then ends its turn where the base model ended documents. Applied at every load, so
+    training, generation and the merged export all see the same weights."""
+    import torch
+
+    from writemypaper import prompts
+
+    if not end_of_turn_untrained(model, tokenizer):
+        return False
+    eot, eos = tokenizer.convert_tokens_to_ids(prompts.END_OF_TURN), tokenizer.eos_token_id
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[eot] = emb[eos]
+        out = model.get_output_embeddings()
+        if out is not None and out.weight.data_ptr() != emb.data_ptr():
+            out.weight[eot] = out.weight[eos]
+    return True
+
+
 def load_model(
     ref: str | None,
     precision: str = "auto",
     attn_implementation: str | None = "auto",
     quantization: str | None = None,
     device_map=None,
+    tokenizer=None,
 ):
-    """A causal LM from the embedded name, a directory or a Hub id; never with trust_remote_code, safetensors only."""
+    """A causal LM from the embedded name, a directory or a Hub id; never with trust_remote_code, safetensors only.
+    With the tokenizer given, an untrained `<end_of_turn>` row is mended (see fix_end_of_turn)."""
     from transformers import AutoModelForCausalLM
 
     ref = resolve_model(ref)
@@ -270,6 +314,9 @@ def load_model(
         kwargs["device_map"] = device_map
     with hub_errors(ref):
         model = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
+    if tokenizer is not None and fix_end_of_turn(model, tokenizer):
+        print(f"writemypaper: {ref}: <end_of_turn> had an untrained embedding; it now shares eos's, so the tuned model "
+              f"can end its turn")
     return model
 
 
@@ -290,10 +337,10 @@ def load_for_inference(ref: str | None, precision: str = "auto", device: str | N
     if is_run_dir(ref):
         from peft import PeftModel
 
-        base = load_model(run_base_model(ref), precision=precision)
+        base = load_model(run_base_model(ref), precision=precision, tokenizer=tokenizer)
         model = PeftModel.from_pretrained(base, ref, is_trainable=False)
     else:
-        model = load_model(ref, precision=precision)
+        model = load_model(ref, precision=precision, tokenizer=tokenizer)
     model.to(device)
     model.eval()
     return model, tokenizer

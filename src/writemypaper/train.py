@@ -31,6 +31,11 @@ COMPLETE = "writemypaper-complete"  # written into a checkpoint once the Trainer
 # validation: every problem found before any model is loaded
 
 
+def eval_enabled(training) -> bool:
+    """YAML reads an unquoted `no` as false, so `eval_strategy=no` may arrive as False."""
+    return training.get("eval_strategy", "no") not in (False, None, "no")
+
+
 def validate(cfg, data_dir: str, out_dir: str, resume: bool) -> None:
     from peft import LoraConfig
     from trl import SFTConfig
@@ -68,7 +73,7 @@ def validate(cfg, data_dir: str, out_dir: str, resume: bool) -> None:
     if c.get("quantization") not in (None, "nf4", "4bit"):
         problems.append(f"quantization={c.get('quantization')} is not nf4 or null")
     patience = c.get("early_stopping_patience")
-    if patience and t.get("eval_strategy", "no") == "no":
+    if patience and not eval_enabled(t):
         problems.append("early_stopping_patience needs evaluation: set training.eval_strategy=steps")
     if not Path(data_dir).is_dir():
         problems.append(f"--data {data_dir}: no such directory (make one with `writemypaper prepare`)")
@@ -217,11 +222,13 @@ def _sft_config(cfg, out: Path, dtype, n_train: int):
         prediction_loss_only=True,  # evaluation keeps the loss only, never the (batch, seq, 256k) logits
         dataset_kwargs={**(kw.get("dataset_kwargs") or {})},
     )
+    if not eval_enabled(kw):
+        kw["eval_strategy"] = "no"
     kw.setdefault("report_to", ["tensorboard"])
     kw.setdefault("save_strategy", "steps")
     kw.setdefault("disable_tqdm", False)
     kw.setdefault("dataloader_pin_memory", torch.cuda.is_available())
-    if kw.get("eval_strategy", "no") != "no" and cfg.get("early_stopping_patience"):
+    if eval_enabled(kw) and cfg.get("early_stopping_patience"):
         kw.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
         kw["save_steps"] = kw.get("eval_steps") or kw.get("save_steps")
     if kw.get("gradient_checkpointing"):
@@ -245,6 +252,34 @@ def _dry_run_params(ref: str, cfg) -> tuple[int, int]:
     return count_parameters(model)
 
 
+def build_trainer(cfg, ref: str, out_dir: Path, train_ds, eval_ds, tokenizer, callbacks: list | None = None):
+    """The SFTTrainer every run uses (the benchmarks too): the model loaded per the preset's precision, attention
+    and quantization, LoRA from `lora:`, SFTConfig from `training:`, and our callbacks."""
+    import torch
+    from transformers.trainer_callback import ProgressCallback
+    from trl import SFTTrainer
+
+    from writemypaper import models
+
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(out_dir) / "tensorboard")
+    base = models.load_model(ref, precision=cfg.precision, attn_implementation=cfg.get("attn_implementation"),
+                             quantization=cfg.get("quantization"), tokenizer=tokenizer)
+    dtype = models.resolve_dtype(cfg.precision, base.config.model_type)
+    args = _sft_config(cfg, Path(out_dir), dtype, len(train_ds))
+    trainer = SFTTrainer(
+        model=base, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+        peft_config=_lora_config(cfg), callbacks=_callbacks(cfg.get("early_stopping_patience")) + list(callbacks or []),
+    )
+    trainer.remove_callback(ProgressCallback)  # ours (LossBar) replaces it
+    if args.fp16:
+        # TRL casts a quantized model's adapter weights to bf16, and fp16's GradScaler cannot unscale bf16 gradients
+        # (trl#4901): keep the trainable weights in fp32, as fp16 mixed precision expects.
+        for p in trainer.model.parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
+    return trainer
+
+
 def train(cfg, data: str, out: str, model: str | None = None, resume: bool = False, dry_run: bool = False) -> dict:
     """The `train` verb. Returns the metrics written to RUN_DIR/metrics.json (or the dry-run summary)."""
     from writemypaper import models
@@ -263,7 +298,7 @@ def train(cfg, data: str, out: str, model: str | None = None, resume: bool = Fal
     max_length = cfg.training.get("max_length")
     train_ds, dropped_train = tokenize_split(load_split(data, "train"), tokenizer, instruction, max_length,
                                              cfg.get("max_train_samples"))
-    eval_on = cfg.training.get("eval_strategy", "no") != "no"
+    eval_on = eval_enabled(cfg.training)
     eval_ds, dropped_eval = (None, 0)
     if eval_on:
         eval_ds, dropped_eval = tokenize_split(load_split(data, "validation"), tokenizer, instruction, max_length,
@@ -286,7 +321,6 @@ def train(cfg, data: str, out: str, model: str | None = None, resume: bool = Fal
         return {"trainable_parameters": trainable, "total_parameters": total, "dataset": sizes}
 
     import torch
-    from trl import SFTTrainer
 
     checkpoint = None
     if resume:
@@ -297,20 +331,10 @@ def train(cfg, data: str, out: str, model: str | None = None, resume: bool = Fal
             checkpoint = str(done[-1])
             print(f"writemypaper: resuming from {checkpoint}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out_dir / "tensorboard")
     save_config(cfg, out_dir / "config.yaml")
-
-    base = models.load_model(ref, precision=cfg.precision, attn_implementation=cfg.get("attn_implementation"),
-                             quantization=cfg.get("quantization"))
-    dtype = base.dtype if not cfg.get("quantization") else models.resolve_dtype(cfg.precision, base.config.model_type)
-    args = _sft_config(cfg, out_dir, dtype, len(train_ds))
-    trainer = SFTTrainer(
-        model=base, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-        peft_config=_lora_config(cfg), callbacks=_callbacks(cfg.get("early_stopping_patience")),
-    )
-    from transformers.trainer_callback import ProgressCallback
-
-    trainer.remove_callback(ProgressCallback)  # ours (LossBar) replaces it
+    trainer = build_trainer(cfg, ref, out_dir, train_ds, eval_ds, tokenizer)
+    args = trainer.args
+    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
     trainable, total = count_parameters(trainer.model)
     start = time.time()
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -341,7 +365,7 @@ def train(cfg, data: str, out: str, model: str | None = None, resume: bool = Fal
             "total_parameters": total,
             "dataset": sizes,
             "precision": str(dtype).replace("torch.", ""),
-            "attn_implementation": getattr(base.config, "_attn_implementation", None),
+            "attn_implementation": getattr(trainer.model.config, "_attn_implementation", None),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
             "world_size": trainer.args.world_size,
             "versions": _versions(),

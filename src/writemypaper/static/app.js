@@ -1,0 +1,176 @@
+// The page: stream an abstract from /v1/chat/completions, then mark the facts the summary does not support.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const KIND = { number: "숫자", year: "연도", quoted: "인용구", latin: "영문 용어", hanja: "한자어" };
+let limits = { max_input_chars: 4000, max_new_tokens: 1024, min_temperature: 0, max_temperature: 2 };
+let controller = null; // set while an abstract is being written; the button then stops it
+let abstract = "";
+
+function setStatus(message, isError = false) {
+  $("status").textContent = message;
+  $("status").classList.toggle("error", isError);
+}
+
+function chars(text) {
+  return Array.from(text); // code points: the server's fact offsets count these
+}
+
+function updateCount() {
+  const n = chars($("summary").value.normalize("NFC").trim()).length;
+  $("count").textContent = `${n.toLocaleString()} / ${limits.max_input_chars.toLocaleString()}자`;
+  $("count").classList.toggle("over", n > limits.max_input_chars);
+}
+
+async function loadLimits() {
+  try {
+    const health = await (await fetch("/health")).json();
+    limits = health.limits;
+    $("model").textContent = `모델: ${health.model}`;
+  } catch {
+    return; // the defaults above still let the page work; the server checks every request anyway
+  }
+  const tokens = $("max-tokens");
+  tokens.max = limits.max_new_tokens;
+  tokens.value = Math.min(Number(tokens.value), limits.max_new_tokens);
+  const t = $("temperature");
+  t.min = limits.min_temperature;
+  t.max = limits.max_temperature;
+  t.value = Math.min(Math.max(Number(t.value), limits.min_temperature), limits.max_temperature);
+  $("temperature-value").textContent = Number(t.value).toFixed(2);
+  updateCount();
+}
+
+function explain(status, body) {
+  const error = (body && body.error) || {};
+  if (status === 429) return "서버가 바쁩니다. 잠시 후 다시 시도하세요.";
+  if (error.code === "context_length_exceeded")
+    return `요약이 너무 깁니다. ${limits.max_input_chars.toLocaleString()}자 이하로 줄여 주세요.`;
+  return error.message ? `요청을 처리할 수 없습니다: ${error.message}` : `서버 오류 (${status})`;
+}
+
+async function post(url, payload, signal) {
+  const response = await fetch(url, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(payload), signal,
+  });
+  if (!response.ok) {
+    const body = await response.json().catch(() => null);
+    throw new Error(explain(response.status, body));
+  }
+  return response;
+}
+
+// The data of each server-sent event, as text.
+async function* events(body) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value.replace(/\r\n?/g, "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).replace(/^ /, ""));
+      if (data.length) yield data.join("\n");
+    }
+  }
+}
+
+function render(text, unsupported) {
+  const cs = chars(text);
+  const out = $("output");
+  out.replaceChildren();
+  let at = 0;
+  for (const fact of unsupported) {
+    out.append(cs.slice(at, fact.start).join(""));
+    const mark = document.createElement("mark");
+    mark.textContent = cs.slice(fact.start, fact.end).join("");
+    mark.title = `요약에 없는 ${KIND[fact.kind] || "사실"}: 확인하세요`;
+    out.append(mark);
+    at = fact.end;
+  }
+  out.append(cs.slice(at).join(""));
+}
+
+async function highlight(summary, text) {
+  setStatus("요약과 대조하는 중…");
+  const check = await (await post("/v1/writemypaper/check", { summary, text })).json();
+  abstract = check.text;
+  render(check.text, check.unsupported);
+  const n = check.unsupported.length;
+  const coverage = `요약 내용 반영률 ${Math.round(check.coverage * 100)}%`;
+  $("facts").textContent = n
+    ? `요약에 없는 숫자·용어 ${n}개를 표시했습니다. 원문과 대조해 확인하세요. (${coverage})`
+    : `요약에 없는 숫자·용어는 찾지 못했습니다. (${coverage})`;
+}
+
+async function write(event) {
+  event.preventDefault();
+  if (controller) {
+    controller.abort();
+    return;
+  }
+  const summary = $("summary").value;
+  controller = new AbortController();
+  abstract = "";
+  $("write").textContent = "중지";
+  $("copy").disabled = true;
+  $("result").hidden = false;
+  $("facts").textContent = "";
+  const out = $("output");
+  out.textContent = "";
+  out.classList.add("writing");
+  setStatus("쓰는 중…");
+  let text = "";
+  try {
+    const response = await post("/v1/chat/completions", {
+      messages: [{ role: "user", content: summary }], stream: true,
+      max_tokens: Number($("max-tokens").value), temperature: Number($("temperature").value),
+    }, controller.signal);
+    for await (const data of events(response.body)) {
+      if (data === "[DONE]") break;
+      const chunk = JSON.parse(data);
+      if (chunk.error) throw new Error(`생성 중 오류: ${chunk.error.message}`);
+      const piece = chunk.choices.length ? chunk.choices[0].delta.content : "";
+      if (piece) {
+        text += piece;
+        out.textContent = text;
+      }
+    }
+    out.classList.remove("writing");
+    abstract = text;
+    await highlight(summary, text);
+    setStatus("완료.");
+  } catch (error) {
+    abstract = text;
+    setStatus(error.name === "AbortError" ? "중지했습니다." : error.message, error.name !== "AbortError");
+  } finally {
+    out.classList.remove("writing");
+    controller = null;
+    $("write").textContent = "초록 쓰기";
+    $("copy").disabled = !abstract;
+  }
+}
+
+async function copy() {
+  try {
+    await navigator.clipboard.writeText(abstract);
+  } catch {
+    const range = document.createRange(); // no clipboard API (older browsers): select the text instead
+    range.selectNodeContents($("output"));
+    getSelection().removeAllRanges();
+    getSelection().addRange(range);
+    document.execCommand("copy");
+  }
+  setStatus("초록을 복사했습니다.");
+}
+
+$("form").addEventListener("submit", write);
+$("copy").addEventListener("click", copy);
+$("summary").addEventListener("input", updateCount);
+$("temperature").addEventListener("input", (e) => {
+  $("temperature-value").textContent = Number(e.target.value).toFixed(2);
+});
+loadLimits();

@@ -1,0 +1,116 @@
+"""Model loading: one path for the embedded model, local directories and Hub ids, and the Gemma pitfalls."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from writemypaper import models
+from writemypaper.errors import UserError
+
+
+def test_gemma2_gets_an_attention_that_keeps_softcapping(tiny_gemma2_dir):
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(tiny_gemma2_dir)
+    assert models.resolve_attention("auto", cfg) == "eager"
+    assert models.resolve_attention("flex_attention", cfg) == "flex_attention"
+    with pytest.raises(UserError, match="softcapping"):
+        models.resolve_attention("sdpa", cfg)
+    model = models.load_model(str(tiny_gemma2_dir))
+    assert model.config._attn_implementation == "eager"
+
+
+def test_dropping_the_softcap_changes_gemma2_outputs(tiny_gemma2_dir):
+    """Why an attention without softcapping (plain sdpa) is refused: once raw scores pass the cap, the uncapped
+    attention computes a different function."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gemma2_dir, attn_implementation="eager", dtype=torch.float32)
+    with torch.no_grad():
+        for layer in model.model.layers:  # scale q and k so raw scores exceed the softcap of 50
+            layer.self_attn.q_proj.weight.mul_(40)
+            layer.self_attn.k_proj.weight.mul_(40)
+    ids = torch.randint(10, 1000, (1, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        capped = model(input_ids=ids).logits
+        for layer in model.model.layers:
+            layer.self_attn.attn_logit_softcapping = None
+        uncapped = model(input_ids=ids).logits
+    assert not torch.allclose(capped, uncapped, atol=1e-3)
+
+
+def test_precision_on_cpu():
+    assert models.resolve_dtype("auto", "gemma2") == torch.float32
+    assert models.resolve_dtype("fp32", "gemma3_text") == torch.float32
+    # Gemma 3 overflows in fp16: asked for, it gets bf16 on a GPU that has it, fp32 here.
+    assert models.resolve_dtype("fp16", "gemma3_text") != torch.float16
+    assert models.resolve_dtype("fp16", "gemma2") == torch.float16
+    with pytest.raises(UserError):
+        models.resolve_dtype("int3", "gemma2")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_4bit_without_cuda_is_a_clear_error(tiny_gemma2_dir):
+    with pytest.raises(UserError, match="4-bit quantization needs a CUDA GPU"):
+        models.load_model(str(tiny_gemma2_dir), quantization="nf4")
+
+
+def test_hub_id_without_network_is_one_line(tmp_path):
+    """google/gemma-2-2b-it goes through the same loading code; offline it fails in one line that says what to do."""
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "writemypaper", "train", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
+         "--model", "google/gemma-2-2b-it", "--dry-run"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert lines[0].startswith("writemypaper: error:")
+
+
+def test_hub_errors_are_translated():
+    with pytest.raises(UserError, match="no network"):
+        with models.hub_errors("google/gemma-2-2b-it"):
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them "
+                          "in the cached files.")
+    with pytest.raises(UserError, match="gated"):
+        with models.hub_errors("google/gemma-2-2b-it"):
+            raise OSError("You are trying to access a gated repo. Make sure to have access to it. 401 Client Error.")
+    with pytest.raises(UserError, match="neither a local directory"):
+        with models.hub_errors("nobody/nothing"):
+            raise OSError("nobody/nothing is not a local folder and is not a valid model identifier listed on "
+                          "'https://huggingface.co/models'")
+
+
+def test_resolve_model(tmp_path, tiny_gemma2_dir):
+    assert models.resolve_model(str(tiny_gemma2_dir)) == str(tiny_gemma2_dir)
+    assert models.resolve_model("google/gemma-2-2b-it") == "google/gemma-2-2b-it"
+    with pytest.raises(UserError, match="no config.json"):
+        models.resolve_model(str(tmp_path))
+    with pytest.raises(UserError, match="no such directory"):
+        models.resolve_model("./missing-model")
+
+
+def test_embedded_model_is_a_plain_safetensors_directory():
+    path = models.embedded_model_dir()
+    assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
+    assert models.resolve_model("gemma3-270m") == str(path)
+
+
+def test_untrained_end_of_turn_is_mended(embedded_tokenizer):
+    """The base Gemma 3 270M's <end_of_turn> row sits among thousands of identical untrained rows, so LoRA alone
+    can never make it the likeliest token; loading gives it eos's row. A trained row is left alone."""
+    from transformers import AutoModelForCausalLM
+
+    path = models.embedded_model_dir()
+    raw = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    assert models.end_of_turn_untrained(raw, embedded_tokenizer)
+    fixed = models.load_model("gemma3-270m", tokenizer=embedded_tokenizer)
+    emb = fixed.get_input_embeddings().weight
+    eot = embedded_tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    assert torch.equal(emb[eot], emb[embedded_tokenizer.eos_token_id])
+    assert not models.end_of_turn_untrained(fixed, embedded_tokenizer)
+    assert not models.fix_end_of_turn(fixed, embedded_tokenizer)  # idempotent: nothing left to mend

@@ -1,0 +1,316 @@
+"""The server, for real: the embedded model behind uvicorn on a loopback port, driven by the official `openai` client
+and by raw HTTP for the requests a client library would refuse to send.
+
+    pytest tests/test_serve.py
+"""
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+openai = pytest.importorskip("openai")
+
+from writemypaper.generate import Generator  # noqa: E402
+from writemypaper.serve import Limits, create_app, serving  # noqa: E402
+
+MODEL = "gemma3-270m"
+SUMMARY = "본 연구는 한ㆍ중ㆍ일 대학생 1,200명의 정치 태도를 2019년 설문으로 비교하였다."
+LIMITS = Limits(max_input_chars=300, max_new_tokens=48, min_temperature=0.0, max_temperature=1.5, queue_depth=16,
+                max_batch_size=8)
+
+
+@pytest.fixture(scope="session")
+def generator():
+    return Generator.load(MODEL)
+
+
+@pytest.fixture(scope="module")
+def url(generator):
+    with serving(create_app(generator, LIMITS, model_name=MODEL)) as base:
+        yield base
+
+
+@pytest.fixture
+def client(url):
+    # No retries: a 429 or a 5xx must show up as what it is.
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=300)
+
+
+def chat(client, **kw):
+    kw = {"model": MODEL, "messages": [{"role": "user", "content": SUMMARY}], "max_tokens": 8} | kw
+    return client.chat.completions.create(**kw)
+
+
+def health(url) -> dict:
+    return httpx.get(f"{url}/health").json()
+
+
+def wait_until(predicate, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def assert_openai_error(response: httpx.Response, status: int, param=None, code=None) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert list(body) == ["error"] and set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert body["error"]["message"]
+    if param is not None:
+        assert body["error"]["param"] == param, body
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    return body["error"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the OpenAI API through the official client
+
+
+def test_chat_completion(client):
+    r = chat(client, messages=[{"role": "system", "content": "무시되는 시스템 문구"}, {"role": "user", "content": SUMMARY}])
+    assert r.object == "chat.completion" and r.model == MODEL and len(r.choices) == 1
+    choice = r.choices[0]
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    assert 0 <= r.usage.completion_tokens <= 8 and r.usage.prompt_tokens > 10
+    # The fact check rides along as a non-standard field, with offsets into the returned content.
+    check = choice.model_extra["writemypaper"]
+    assert set(check) == {"unsupported", "n_facts", "unsupported_rate", "coverage"}
+    for fact in check["unsupported"]:
+        assert choice.message.content[fact["start"]:fact["end"]] == fact["text"]
+
+
+def test_chat_completion_streamed(client):
+    chunks = list(chat(client, stream=True, stream_options={"include_usage": True}))
+    assert all(c.object == "chat.completion.chunk" and c.model == MODEL for c in chunks)
+    assert len({c.id for c in chunks}) == 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip(), "the stream carried no text"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes in (["stop"], ["length"])
+    assert chunks[-1].choices == [] and 0 < chunks[-1].usage.completion_tokens <= 8
+
+
+def test_completions_plain_and_streamed(client):
+    r = client.completions.create(model=MODEL, prompt=SUMMARY, max_tokens=8, temperature=0)
+    assert r.object == "text_completion" and isinstance(r.choices[0].text, str)
+    assert "writemypaper" in r.choices[0].model_extra
+    pieces = [c.choices[0].text for c in client.completions.create(model=MODEL, prompt=SUMMARY, max_tokens=8,
+                                                                   temperature=0, stream=True)]
+    assert "".join(pieces).strip()
+    # Greedy decoding writes the same abstract whether it streams or not.
+    assert "".join(pieces).strip() == r.choices[0].text
+
+
+def test_models_and_health(client, url):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    h = health(url)
+    assert h["status"] == "ok" and h["model"] == MODEL and h["limits"]["max_new_tokens"] == LIMITS.max_new_tokens
+
+
+def test_page_is_served_with_its_assets(url):
+    page = httpx.get(f"{url}/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert asset in page.text and httpx.get(f"{url}{asset}").status_code == 200
+    assert httpx.get(f"{url}/static/../serve.py").status_code == 404
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# bad input: a 4xx with an OpenAI-shaped body, never a 500
+
+OK = {"model": MODEL, "messages": [{"role": "user", "content": SUMMARY}], "max_tokens": 4}
+
+BAD = {
+    "malformed JSON": ('{"messages": [{"role": "user", "content": "요약', 400, None, "invalid_json"),
+    "not an object": ("[1, 2]", 400, None, "invalid_json"),
+    "missing messages": ({"model": MODEL}, 400, "messages", "missing_required_parameter"),
+    "no user message": (OK | {"messages": [{"role": "system", "content": "x"}]}, 400, "messages", None),
+    "empty summary": (OK | {"messages": [{"role": "user", "content": "   "}]}, 400, "messages", None),
+    "input over the limit": (OK | {"messages": [{"role": "user", "content": "가" * 301}]}, 400, "messages",
+                             "context_length_exceeded"),
+    "max_tokens over the limit": (OK | {"max_tokens": 49}, 400, "max_tokens", None),
+    "max_tokens zero": (OK | {"max_tokens": 0}, 400, "max_tokens", None),
+    "max_completion_tokens over the limit": (OK | {"max_completion_tokens": 1000}, 400, "max_tokens", None),
+    "temperature too high": (OK | {"temperature": 1.6}, 400, "temperature", None),
+    "temperature negative": (OK | {"temperature": -0.1}, 400, "temperature", None),
+    "top_p out of range": (OK | {"top_p": 0}, 400, "top_p", None),
+    "max_tokens a string": (OK | {"max_tokens": "8"}, 400, "max_tokens", "invalid_type"),
+    "max_tokens a float": (OK | {"max_tokens": 8.5}, 400, "max_tokens", "invalid_type"),
+    "temperature a string": (OK | {"temperature": "hot"}, 400, "temperature", "invalid_type"),
+    "stream not a bool": (OK | {"stream": "yes"}, 400, "stream", "invalid_type"),
+    "messages not a list": (OK | {"messages": "요약"}, 400, "messages", "invalid_type"),
+    "content a number": (OK | {"messages": [{"role": "user", "content": 5}]}, 400, "messages.0.content", None),
+    "unknown role": (OK | {"messages": [{"role": "wizard", "content": "x"}]}, 400, "messages.0.role", None),
+    "n with stream": (OK | {"n": 2, "stream": True}, 400, "n", None),
+    "seed negative": (OK | {"seed": -1}, 400, "seed", None),
+    "unknown model": (OK | {"model": "gpt-4o"}, 404, "model", "model_not_found"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_chat_request(url, case):
+    body, status, param, code = BAD[case]
+    content = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
+    r = httpx.post(f"{url}/v1/chat/completions", content=content.encode(), headers={"Content-Type": "application/json"})
+    assert_openai_error(r, status, param, code)
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"prompt": 5}, "prompt"),
+    ({"prompt": ["가" * 301]}, "prompt"),
+    ({"prompt": [SUMMARY] * 9}, "prompt"),
+    ({"prompt": [SUMMARY, SUMMARY], "stream": True}, "prompt"),
+    ({"prompt": SUMMARY, "max_tokens": 100}, "max_tokens"),
+])
+def test_bad_completion_request(url, body, param):
+    assert_openai_error(httpx.post(f"{url}/v1/completions", json=body), 400, param)
+
+
+def test_other_http_errors_are_openai_shaped(url):
+    assert_openai_error(httpx.get(f"{url}/v1/nothing-here"), 404)
+    assert_openai_error(httpx.delete(f"{url}/v1/chat/completions"), 405)
+    assert_openai_error(httpx.post(f"{url}/v1/chat/completions", content=b"x" * 10_000_000), 413)
+    assert_openai_error(httpx.post(f"{url}/v1/chat/completions", content=SUMMARY.encode(),
+                                   headers={"Content-Type": "text/plain"}), 400)
+    assert_openai_error(httpx.post(f"{url}/v1/writemypaper/check", json={"summary": SUMMARY}), 400, "text")
+
+
+def test_the_client_library_sees_openai_errors(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(client, max_tokens=10_000)
+    assert e.value.status_code == 400 and e.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.NotFoundError):
+        chat(client, model="no-such-model")
+
+
+def test_check_endpoint(url):
+    r = httpx.post(f"{url}/v1/writemypaper/check",
+                   json={"summary": SUMMARY, "text": "1999년에 대학생 1,200명을 조사하였고 응답률은 87%였다."})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [(f["text"], f["kind"]) for f in body["unsupported"]] == [("1999년", "year"), ("87%", "number")]
+    assert all(body["text"][f["start"]:f["end"]] == f["text"] for f in body["unsupported"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the queue: full means 429, a client that leaves frees its slot, concurrent requests are all answered
+
+
+class GatedGenerator:
+    """Stands in for Generator: writes a fixed text, but only once `gate` is open."""
+
+    def __init__(self, tokenizer, text="2021년 연구 결과이다."):
+        self.tokenizer, self.text = tokenizer, text
+        self.gate = threading.Event()
+        self.lock = threading.Lock()
+        self.calls = 0
+
+    def generate(self, summaries, settings, batch_size=8):
+        self.calls += 1
+        assert self.gate.wait(60), "the test never opened the gate"
+        return [[self.text] * settings.num_return_sequences for _ in summaries]
+
+    def stream(self, summary, settings):
+        self.calls += 1
+        assert self.gate.wait(60), "the test never opened the gate"
+        yield from self.text.split(" ")
+
+
+def post_in_background(url, path, body, pool):
+    return pool.submit(httpx.post, f"{url}{path}", json=body, timeout=120)
+
+
+def test_full_queue_gets_429_and_nothing_is_dropped(generator):
+    gated = GatedGenerator(generator.tokenizer)
+    with serving(create_app(gated, Limits(queue_depth=2))) as url, ThreadPoolExecutor(4) as pool:
+        first = post_in_background(url, "/v1/chat/completions", OK, pool)
+        second = post_in_background(url, "/v1/completions", {"prompt": SUMMARY, "max_tokens": 4}, pool)
+        wait_until(lambda: health(url)["queue"]["active"] == 2, what="two admitted requests")
+        # Full: plain, streaming and through the client library, all refused before any generation.
+        err = assert_openai_error(httpx.post(f"{url}/v1/chat/completions", json=OK), 429, code="queue_full")
+        assert err["type"] == "rate_limit_error"
+        r = httpx.post(f"{url}/v1/chat/completions", json=OK | {"stream": True})
+        assert_openai_error(r, 429)
+        assert r.headers["retry-after"] == "1"
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.RateLimitError):
+            chat(client)
+        gated.gate.set()
+        assert first.result().status_code == 200 and second.result().status_code == 200
+        assert first.result().json()["choices"][0]["message"]["content"] == gated.text
+        # Both were answered; the queue is empty again and takes new work.
+        wait_until(lambda: health(url)["queue"]["active"] == 0, what="the queue to drain")
+        assert httpx.post(f"{url}/v1/chat/completions", json=OK).status_code == 200
+
+
+def test_client_leaving_the_queue_frees_its_slot(generator):
+    gated = GatedGenerator(generator.tokenizer)
+    with serving(create_app(gated, Limits(queue_depth=2))) as url, ThreadPoolExecutor(2) as pool:
+        running = post_in_background(url, "/v1/chat/completions", OK, pool)
+        wait_until(lambda: health(url)["queue"]["active"] == 1, what="the first request")
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=OK | {"stream": True}) as r:
+            assert r.status_code == 200
+            wait_until(lambda: health(url)["queue"]["waiting"] == 1, what="the stream to queue")
+        # The streaming client left while queued: its slot is free before the model ever saw it.
+        wait_until(lambda: health(url)["queue"]["active"] == 1, what="the slot to free")
+        # So does a plain request whose client gives up waiting.
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/chat/completions", json=OK, timeout=httpx.Timeout(10, read=1.0))
+        wait_until(lambda: health(url)["queue"]["active"] == 1, what="the slot to free")
+        gated.gate.set()
+        assert running.result().status_code == 200
+        wait_until(lambda: health(url)["queue"]["active"] == 0, what="the queue to drain")
+        # Three were admitted; only the first reached the model.
+        assert health(url)["served"]["requests"] == 3 and gated.calls == 1
+
+
+def test_client_disconnecting_mid_stream_stops_generation(generator):
+    """With the real model: a client that leaves mid-stream stops the model within a token or so, frees its slot,
+    and the next request is answered."""
+    limits = Limits(max_new_tokens=1024, queue_depth=1)
+    with serving(create_app(generator, limits)) as url:
+        body = OK | {"max_tokens": 1024, "temperature": 1.0, "repetition_penalty": 1.0, "seed": 1, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                    break  # the model is writing; now hang up
+        left = time.monotonic()
+        wait_until(lambda: health(url)["queue"]["active"] == 0, timeout=30, what="the slot to free")
+        assert generator.lock.acquire(timeout=30), "the model is still generating for a client that left"
+        generator.lock.release()
+        stopped_after = time.monotonic() - left
+        # 1024 tokens would take minutes on this CPU; a stopped generation frees the model in seconds.
+        assert stopped_after < 30
+        r = httpx.post(f"{url}/v1/chat/completions", json=OK, timeout=120)
+        assert r.status_code == 200, r.text
+        assert health(url)["queue"]["active"] == 0
+
+
+def test_concurrent_requests_are_all_answered_and_batched(client, url):
+    before = health(url)["served"]
+
+    def one(i):
+        if i % 4 == 3:
+            return "".join(c.choices[0].delta.content or "" for c in chat(client, stream=True) if c.choices)
+        return chat(client).choices[0].message.content
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, range(8)))
+    assert len(answers) == 8 and all(isinstance(a, str) for a in answers)
+    after = health(url)
+    assert after["queue"]["active"] == 0
+    assert after["served"]["requests"] - before["requests"] == 8
+    # Six plain requests with equal settings share model calls; two streams get a call each.
+    assert after["served"]["model_calls"] - before["model_calls"] < 8
+    assert after["served"]["largest_batch"] >= 2

@@ -131,7 +131,7 @@ def run(a) -> dict | None:
 
     mconf = models.load_config(a.model)
     fl = common.lora_flops_per_token(mconf, int(cfg.lora.r), list(cfg.lora.target_modules), stats)
-    peak_tflops = json.loads(Path(a.peak).read_text())["bf16_matmul_tflops"] if a.peak else None
+    peak_tflops = json.loads(Path(a.peak).read_text())["bf16_matmul_tflops"] if a.peak and Path(a.peak).is_file() else None
     tps = tok / dt
     result = {
         "name": a.name or a.preset, "preset": a.preset, "overrides": a.set, "world_size": world,

@@ -61,3 +61,21 @@ def tiny_gemma2_dir(tmp_path_factory, embedded_tokenizer):
     model.save_pretrained(path)
     embedded_tokenizer.save_pretrained(path)
     return path
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# a small prepared corpus of the sample's shortest section pairs, for fine-tunes that fit a CPU test
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+SHORT_PAIRS = ["--granularity", "section", "--max-chars", "120"]
+TINY_TRAIN = ["max_train_samples=8", "max_eval_samples=4", "training.max_length=160", "training.learning_rate=2e-3",
+              "training.logging_steps=1"]
+
+
+@pytest.fixture(scope="session")
+def short_prepared(tmp_path_factory):
+    from writemypaper.cli import main
+
+    out = tmp_path_factory.mktemp("prepared") / "short"
+    assert main(["prepare", "--input", str(REPO / "data" / "sample"), "--out", str(out), "-q", *SHORT_PAIRS]) == 0
+    return out

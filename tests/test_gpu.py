@@ -120,8 +120,8 @@ def _logits(model_dir, attn, ids, **kw):
     # a new length (the presets pad every packed row to one shape).
     torch._dynamo.reset()
     model = models.load_model(model_dir, precision="fp32", attn_implementation=attn).cuda().eval()
-    with torch.no_grad():
-        return model(input_ids=ids.cuda(), **{k: v.cuda() for k, v in kw.items()}).logits.float().cpu()
+    with torch.no_grad():  # no KV cache: with one, transformers ignores packed position ids (as in generation)
+        return model(input_ids=ids.cuda(), use_cache=False, **{k: v.cuda() for k, v in kw.items()}).logits.float().cpu()
 
 
 def test_flex_attention_matches_eager_with_softcapping(tmp_path):
@@ -144,10 +144,14 @@ def test_packed_rows_under_flex_attention_equal_separate_sequences(gemma2_dir):
     packed = torch.cat(seqs)[None]
     position_ids = torch.cat([torch.arange(len(s)) for s in seqs])[None]
     together = _logits(gemma2_dir, "flex_attention", packed, position_ids=position_ids)[0]
+    # Each sequence alone: one right-padded batch, the padding masked out.
+    batch = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)
+    mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(s) for s in seqs], batch_first=True)
+    alone = _logits(gemma2_dir, "flex_attention", batch, attention_mask=mask)
     start = 0
-    for s in seqs:
-        alone = _logits(gemma2_dir, "flex_attention", s[None])[0]
-        assert (together[start:start + len(s)] - alone).abs().max() < 1e-3 * alone.abs().max()
+    for i, s in enumerate(seqs):
+        ref = alone[i, :len(s)]
+        assert (together[start:start + len(s)] - ref).abs().max() < 1e-3 * ref.abs().max()
         start += len(s)
 
 

@@ -140,7 +140,7 @@ BAD = {
                              "context_length_exceeded"),
     "max_tokens over the limit": (OK | {"max_tokens": 49}, 400, "max_tokens", None),
     "max_tokens zero": (OK | {"max_tokens": 0}, 400, "max_tokens", None),
-    "max_completion_tokens over the limit": (OK | {"max_completion_tokens": 1000}, 400, "max_tokens", None),
+    "max_completion_tokens over the limit": (OK | {"max_completion_tokens": 1000}, 400, "max_completion_tokens", None),
     "temperature too high": (OK | {"temperature": 1.6}, 400, "temperature", None),
     "temperature negative": (OK | {"temperature": -0.1}, 400, "temperature", None),
     "top_p out of range": (OK | {"top_p": 0}, 400, "top_p", None),

@@ -1,7 +1,8 @@
-"""An OpenAI-compatible server and a web page for one loaded model, with a fact check on every abstract.
+r"""An OpenAI-compatible server and a web page for one loaded model, with a fact check on every abstract.
 
     writemypaper serve --model runs/demo        # then open http://127.0.0.1:8000/
-    curl -s localhost:8000/v1/chat/completions -d '{"messages": [{"role": "user", "content": "요약..."}]}'
+    curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \
+        -d '{"messages": [{"role": "user", "content": "요약..."}], "max_tokens": 256}'
 
 The user turn is the summary: Generator adds the project's instruction and prompt, so clients need not know them.
 Only the last user message counts; system text and earlier turns are ignored, because the model was tuned on one
@@ -114,7 +115,8 @@ def _validation_error(errors: list[dict]) -> ApiError:
     param = ".".join(loc) or None
     if kind == "missing":
         return ApiError(400, f"missing required parameter '{param}'", param, "missing_required_parameter")
-    code = "invalid_type" if kind.endswith("_type") or kind in ("literal_error", "union_tag_invalid") else "invalid_value"
+    typed = kind.endswith("_type") or kind in ("literal_error", "union_tag_invalid")
+    code = "invalid_type" if typed else "invalid_value"
     return ApiError(400, f"{param}: {err['msg']}" if param else err["msg"], param, code)
 
 
@@ -185,18 +187,21 @@ def _check_summary(text: str, limits: Limits, param: str) -> str:
     if not text:
         raise ApiError(400, f"{param} is empty: send the summary of a paper", param)
     if len(text) > limits.max_input_chars:
-        raise ApiError(400, f"the summary is {len(text)} characters; this server takes at most {limits.max_input_chars}",
-                       param, "context_length_exceeded")
+        raise ApiError(400, f"the summary is {len(text)} characters; this server takes at most "
+                            f"{limits.max_input_chars}", param, "context_length_exceeded")
     return text
 
 
-def _settings(req, limits: Limits, max_tokens: int | None) -> GenerationSettings:
+def _settings(req, limits: Limits) -> GenerationSettings:
     """The request's sampling parameters, checked against the limits; unset ones take the project's defaults."""
     base = GenerationSettings()
+    # Chat clients now send max_completion_tokens (max_tokens is its deprecated name there).
+    name = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) is not None else "max_tokens"
+    max_tokens = getattr(req, name)
     if max_tokens is None:
         max_tokens = min(base.max_new_tokens, limits.max_new_tokens)
     if not 1 <= max_tokens <= limits.max_new_tokens:
-        raise ApiError(400, f"max_tokens={max_tokens} is not in [1, {limits.max_new_tokens}]", "max_tokens")
+        raise ApiError(400, f"{name}={max_tokens} is not in [1, {limits.max_new_tokens}]", name)
     lo, hi = limits.min_temperature, limits.max_temperature
     temperature = min(max(base.temperature, lo), hi) if req.temperature is None else req.temperature
     if not lo <= temperature <= hi:
@@ -337,7 +342,8 @@ class Scheduler:
         return len(self.generator.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _prompt_tokens(self, summary: str) -> int:
-        return len(prompts.encode_prompt(self.generator.tokenizer, summary, getattr(self.generator, "instruction", None)))
+        instruction = getattr(self.generator, "instruction", None)
+        return len(prompts.encode_prompt(self.generator.tokenizer, summary, instruction))
 
     async def _generate(self, batch: list[Job]) -> None:
         settings = _Stoppable.wrap(batch[0].settings, lambda: all(j.cancelled.is_set() for j in batch))
@@ -587,8 +593,7 @@ def create_app(generator, limits: Limits | None = None, model_name: str = "gemma
     async def chat(req: ChatRequest, request: Request):
         check_model(req.model)
         summary = _check_summary(_chat_summary(req.messages), limits, "messages")
-        settings = _settings(req, limits, req.max_completion_tokens if req.max_completion_tokens is not None
-                             else req.max_tokens)
+        settings = _settings(req, limits)
         rid, created = new_id("chatcmpl"), int(time.time())
         if req.stream:
             def chunk(piece, finish):
@@ -615,7 +620,7 @@ def create_app(generator, limits: Limits | None = None, model_name: str = "gemma
         if req.stream and len(prompts_) != 1:
             raise ApiError(400, "streaming writes one abstract: send one prompt", "prompt")
         summaries = [_check_summary(p, limits, "prompt") for p in prompts_]
-        settings = _settings(req, limits, req.max_tokens)
+        settings = _settings(req, limits)
         rid, created = new_id("cmpl"), int(time.time())
         if req.stream:
             def chunk(piece, finish):

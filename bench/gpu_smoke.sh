@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Everything the GPU machine runs for bench/RESULTS.md, in one call, within a time budget:
+#
+#   bash bench/gpu_smoke.sh one    # one H200: seed / fast / low-memory side by side, generation, GPU tests
+#   bash bench/gpu_smoke.sh two    # two H200s: fast on one GPU, then on two (DDP through accelerate)
+#
+# Missing packages come as wheels in .whl/ (see bench/RESULTS.md); the model is made there, random weights.
+# Results go to $OUT (train.jsonl, generate.jsonl, peak.json, pytest.txt, steps.txt, log.txt); the tables print last.
+# Each step has a time limit, and steps that no longer fit in BUDGET seconds are skipped, so the tables always print.
+set -u
+MODE=${1:-one}
+OUT=${OUT:-/tmp/wmp-bench}
+BUDGET=${BUDGET:-520}
+MODEL=${MODEL:-/tmp/gemma2-2b-random}
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
+LOG=$OUT/log.txt
+
+if ! python3 -c "import trl, datasets" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    >>"$LOG" 2>&1 || { echo "wheel install failed"; tail -5 "$LOG"; exit 1; }
+  export PYTHONPATH=/tmp/site:$PWD/src
+else
+  export PYTHONPATH=$PWD/src
+fi
+
+left() { echo $((BUDGET - SECONDS)); }
+# step NAME NEEDS LIMIT CMD...: run CMD with a time limit of LIMIT s if at least NEEDS s of the budget are left.
+step() {
+  local name=$1 needs=$2 limit=$3; shift 3
+  if (($(left) < needs)); then
+    echo "$name: skipped ($(left) s left, needs $needs)" | tee -a "$OUT/steps.txt"; return 0
+  fi
+  ((limit > $(left))) && limit=$(left)
+  echo "=== $name ($(date -u +%H:%M:%S), limit ${limit}s): $*" >>"$LOG"
+  local t=$SECONDS from=$(($(wc -l <"$LOG") + 1))
+  timeout -k 10 "$limit" "$@" >>"$LOG" 2>&1
+  local rc=$?
+  echo "$name: rc=$rc, $((SECONDS - t)) s" | tee -a "$OUT/steps.txt"
+  [ $rc -ne 0 ] && tail -n +"$from" "$LOG" | grep -E "Error|error:" | tail -3
+  return 0
+}
+
+TRAIN="python3 bench/bench_train.py --model $MODEL --peak $OUT/peak.json --out $OUT/train.jsonl"
+
+step env 5 60 bash -c "nvidia-smi -L; python3 -c 'import sys; sys.path.insert(0, \"bench\"); import common, json; print(json.dumps(common.environment()))'"
+step model 60 240 python3 bench/common.py make-model "$MODEL"
+step peak 20 60 python3 bench/common.py peak "$OUT/peak.json"
+
+if [ "$MODE" = one ]; then
+  step seed 90 150 $TRAIN --preset seed --warmup 2 --steps 6
+  step fast 100 200 $TRAIN --preset fast --warmup 2 --steps 6
+  step low-memory 90 170 $TRAIN --preset low-memory --warmup 2 --steps 6
+  step generate 100 170 python3 bench/bench_generate.py --model "$MODEL" --notebook-samples 2 --batch-sizes 64 \
+    --out "$OUT/generate.jsonl"
+  step tests 90 180 python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -o addopts=-rA \
+    --junit-xml="$OUT/pytest.xml"
+  # Extra variants, as time allows: the levers one at a time.
+  step generate-b8 50 80 python3 bench/bench_generate.py --model "$MODEL" --notebook-samples 0 --batch-sizes 8 \
+    --out "$OUT/generate.jsonl"
+  step low-memory-8k 70 120 $TRAIN --preset low-memory --name "low-memory, rows of 8192" --warmup 2 --steps 6 \
+    --set training.per_device_train_batch_size=4 --set training.pad_to_multiple_of=8192
+  step fast-liger 80 150 $TRAIN --preset fast --name "fast + liger kernels" --warmup 2 --steps 6 \
+    --set training.use_liger_kernel=true
+else
+  CUDA_VISIBLE_DEVICES=0 step fast-1gpu 100 200 $TRAIN --preset fast --name fast-1gpu --warmup 3 --steps 8
+  step fast-2gpu 120 240 accelerate launch --config_file configs/accelerate-ddp.yaml --num_processes 2 \
+    bench/bench_train.py --model "$MODEL" --peak "$OUT/peak.json" --out "$OUT/train.jsonl" --preset fast \
+    --name fast-2gpu --warmup 3 --steps 8
+  CUDA_VISIBLE_DEVICES=0 step fast-compile 150 240 $TRAIN --preset fast --name "fast + torch.compile" --warmup 4 \
+    --steps 6 --set training.torch_compile=true
+fi
+
+[ -f "$OUT/pytest.xml" ] && grep -E "[0-9]+ (passed|failed|error|skipped).* in [0-9.]+s" "$LOG" | tail -1 >"$OUT/pytest.txt"
+echo
+echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x$(nvidia-smi -L | wc -l)"
+cat "$OUT/steps.txt"
+[ -f "$OUT/peak.json" ] && python3 -c "import json; d=json.load(open('$OUT/peak.json')); print('bf16 matmul', round(d['bf16_matmul_tflops']), 'TFLOP/s;', json.dumps(d['versions']))"
+BASE=seed; [ "$MODE" = two ] && BASE=fast-1gpu
+[ -f "$OUT/train.jsonl" ] && python3 bench/bench_train.py --table "$OUT/train.jsonl" --baseline $BASE
+[ -f "$OUT/generate.jsonl" ] && python3 bench/bench_generate.py --table "$OUT/generate.jsonl"
+[ -f "$OUT/pytest.txt" ] && cat "$OUT/pytest.txt"
+exit 0

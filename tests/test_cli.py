@@ -1,0 +1,90 @@
+"""The command line: fast help, one-line errors for bad options, config overrides, dry run."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from writemypaper.cli import main
+
+VERBS = ["prepare", "train", "generate", "evaluate", "serve", "export", "demo"]
+
+
+def test_help_is_fast_and_lists_every_verb():
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "writemypaper", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert time.time() - start < 5  # no torch/transformers import at start-up
+    for verb in VERBS:
+        assert verb in proc.stdout
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_each_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([verb, "--help"])
+    assert e.value.code == 0
+    assert "usage: writemypaper " + verb in capsys.readouterr().out
+
+
+def _one_line_error(args, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "writemypaper", *args], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.returncode, lines[-1]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "--config", "nosuch", "--data", "d", "--out", "o"], "unknown preset 'nosuch'"),
+    (["train", "--data", "d", "--out", "o", "training.nosuch=1"], "training.nosuch is not an SFTConfig option"),
+    (["train", "--data", "d", "--out", "o", "bogus=1"], "unknown config key 'bogus'"),
+    (["train", "--data", "d", "--out", "o", "lora.r=-4"], "lora.r=-4 must be positive"),
+    (["train", "--data", "d", "--out", "o", "precision=fp8"], "precision=fp8"),
+    (["train", "--data", "missing-dir", "--out", "o"], "no such directory"),
+    (["train", "--data", "d", "--out", "o", "training.learning_rate"], "not of the form key=value"),
+    (["generate", "--model", "gemma3-270m"], "give exactly one of"),
+    (["generate", "x", "--model", "gemma3-270m", "generation.temperature=9"], "temperature=9"),
+    (["generate", "--input", "nosuch.txt", "--model", "gemma3-270m"], "no such file"),
+    (["evaluate", "--out", "e"], "give either --models"),
+    (["evaluate", "--predictions", "nosuch.jsonl", "--out", "e"], "no such file"),
+    (["export", "not-a-run", "--out", "x"], "not a finished training run"),
+])
+def test_bad_input_is_one_line(args, needle, tmp_path):
+    (tmp_path / "d").mkdir()
+    code, last = _one_line_error(args, tmp_path)
+    assert code == 2
+    assert last.startswith("writemypaper: error:") and needle in last, last
+
+
+def test_argparse_rejects_out_of_range_options(tmp_path):
+    code, last = _one_line_error(["prepare", "--input", "x", "--out", "y", "--val-fraction", "1.5"], tmp_path)
+    assert code == 2 and "not in [0, 1)" in last
+
+
+def test_dry_run_prints_and_writes_nothing(short_prepared, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--config", "cpu-demo", "--data", str(short_prepared), "--out", str(out), "--dry-run",
+                 "lora.r=4"]) == 0
+    text = capsys.readouterr().out
+    assert "trainable parameters: " in text and "r: 4" in text and "train / " in text
+    assert not out.exists()
+
+
+def test_presets_are_valid(tmp_path):
+    """Every train preset loads, and its training section is accepted by SFTConfig (torchtune-style check)."""
+    from writemypaper import config, train
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train.parquet").write_bytes(b"")
+    for name in config.available_presets("train"):
+        cfg = config.load_config(name, kind="train")
+        train.validate(cfg, str(tmp_path / "d"), str(tmp_path / "out"), resume=False)
+        assert cfg.lora.r > 0 and cfg.training.max_length >= 16
+    seed = config.load_config("seed", kind="train")
+    assert (seed.quantization, seed.precision, seed.lora.r, seed.lora.lora_alpha, seed.lora.lora_dropout) == ("nf4", "fp16", 6, 8, 0.05)
+    t = seed.training
+    assert (t.learning_rate, t.warmup_steps, t.per_device_train_batch_size, t.gradient_accumulation_steps,
+            t.max_steps, t.max_length, t.optim, t.logging_steps) == (2e-4, 0.03, 1, 4, 5000, 512, "paged_adamw_8bit", 100)

@@ -1,0 +1,30 @@
+"""The demo end to end, at reduced size: prepare, fine-tune, evaluate base against tuned, report."""
+
+import json
+
+import pytest
+
+from writemypaper.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "3", "--eval-samples", "2", "--max-new-tokens", "24"]) == 0
+    printed = capsys.readouterr().out
+    assert "report: file://" in printed and "tuned" in printed
+    scores = json.loads((out / "eval" / "scores.json").read_text(encoding="utf-8"))
+    assert scores["models"] == ["base", "tuned"] and scores["n_samples"] == 2
+    assert "kiwipiepy" in scores["tokenization"]
+    for name in ("base", "tuned"):
+        agg = scores["aggregate"][name]
+        assert all(0.0 <= agg[k] <= 1.0 for k in ("rouge1", "rouge2", "rougeL", "rougeL_char", "coverage"))
+        assert agg["loss"] > 0 and agg["perplexity"] > 1
+    # three steps on the corpus already lower the loss on held-out references
+    assert scores["aggregate"]["tuned"]["loss"] < scores["aggregate"]["base"]["loss"]
+    metrics = json.loads((out / "run" / "metrics.json").read_text())
+    assert metrics["global_step"] == 3
+    html = (out / "eval" / "report.html").read_text(encoding="utf-8")
+    assert "<svg" in html or "data:image/png" in html
+    assert scores["samples"][0]["summary"][:10] in html  # Korean text is in the page

@@ -16,6 +16,7 @@ and the end of the last step; evaluation runs after the last step, so it adds to
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import sys
@@ -95,6 +96,7 @@ def run(a) -> dict | None:
             if cuda:
                 torch.cuda.synchronize()
             marks.append((time.perf_counter(), totals.clone(), torch.cuda.max_memory_allocated() if cuda else 0))
+            faulthandler.cancel_dump_traceback_later()
 
     with tempfile.TemporaryDirectory(prefix="wmp-bench-") as out_dir:
         t_build = time.time()
@@ -105,6 +107,8 @@ def run(a) -> dict | None:
         attn = getattr(trainer.model.config, "_attn_implementation", None)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
+        if a.stacks_after:  # a first step slower than this prints every thread's stack (a hang, or compilation)
+            faulthandler.dump_traceback_later(a.stacks_after)
         t_train = time.perf_counter()
         trainer.train()
         train_wall = time.perf_counter() - t_train
@@ -192,6 +196,8 @@ def main():
     ap.add_argument("--eval-samples", type=int, default=128)
     ap.add_argument("--no-eval", action="store_true", help="turn the preset's evaluation off")
     ap.add_argument("--peak", help="JSON from `python bench/common.py peak` (for MFU)")
+    ap.add_argument("--stacks-after", type=float, default=0, metavar="S",
+                    help="print every thread's stack if the first step has not ended after S seconds")
     ap.add_argument("--out", default="bench-train.jsonl")
     ap.add_argument("--table", metavar="JSONL", help="print the table of a results file and exit")
     ap.add_argument("--baseline", default="seed", help="row the ratios are taken against")

@@ -3,6 +3,7 @@
 #
 #   bash bench/gpu_smoke.sh one    # one H200: seed / fast / low-memory side by side, generation, GPU tests
 #   bash bench/gpu_smoke.sh two    # two H200s: fast on one GPU, then on two (DDP through accelerate)
+#   bash bench/gpu_smoke.sh seed fast tests   # named steps (see run_step below)
 #
 # Missing packages come as wheels in .whl/ (see bench/RESULTS.md); the model is made there, random weights.
 # Results go to $OUT (train.jsonl, generate.jsonl, peak.json, pytest.txt, steps.txt, log.txt); the tables print last.
@@ -48,36 +49,52 @@ step env 5 60 bash -c "nvidia-smi -L; python3 -c 'import sys; sys.path.insert(0,
 step model 60 240 python3 bench/common.py make-model "$MODEL"
 step peak 20 60 python3 bench/common.py peak "$OUT/peak.json"
 
-if [ "$MODE" = one ]; then
-  step seed 90 150 $TRAIN --preset seed --warmup 2 --steps 6
-  step fast 100 200 $TRAIN --preset fast --warmup 2 --steps 6
-  step low-memory 90 170 $TRAIN --preset low-memory --warmup 2 --steps 6
-  step generate 100 170 python3 bench/bench_generate.py --model "$MODEL" --notebook-samples 2 --batch-sizes 64 \
-    --out "$OUT/generate.jsonl"
-  step tests 90 180 python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -o addopts=-rA \
-    --junit-xml="$OUT/pytest.xml"
-  # Extra variants, as time allows: the levers one at a time.
-  step generate-b8 50 80 python3 bench/bench_generate.py --model "$MODEL" --notebook-samples 0 --batch-sizes 8 \
-    --out "$OUT/generate.jsonl"
-  step low-memory-8k 70 120 $TRAIN --preset low-memory --name "low-memory, rows of 8192" --warmup 2 --steps 6 \
-    --set training.per_device_train_batch_size=4 --set training.pad_to_multiple_of=8192
-  step fast-liger 80 150 $TRAIN --preset fast --name "fast + liger kernels" --warmup 2 --steps 6 \
-    --set training.use_liger_kernel=true
-else
-  CUDA_VISIBLE_DEVICES=0 step fast-1gpu 100 200 $TRAIN --preset fast --name fast-1gpu --warmup 3 --steps 8
-  step fast-2gpu 120 240 accelerate launch --config_file configs/accelerate-ddp.yaml --num_processes 2 \
-    bench/bench_train.py --model "$MODEL" --peak "$OUT/peak.json" --out "$OUT/train.jsonl" --preset fast \
-    --name fast-2gpu --warmup 3 --steps 8
-  CUDA_VISIBLE_DEVICES=0 step fast-compile 150 240 $TRAIN --preset fast --name "fast + torch.compile" --warmup 4 \
-    --steps 6 --set training.torch_compile=true
-fi
+# Each named step, then the lists the two calls run (`one`, `two`); any other arguments are step names.
+run_step() {
+  case $1 in
+    seed) step seed 60 150 $TRAIN --preset seed --warmup 2 --steps 6 ;;
+    fast) step fast 90 150 $TRAIN --preset fast --warmup 2 --steps 6 --stacks-after 100 ;;
+    fast-eager) step fast-eager 80 150 $TRAIN --preset fast --name "fast, eager attention" --warmup 2 --steps 6 \
+      --set attn_implementation=eager ;;
+    low-memory) step low-memory 90 170 $TRAIN --preset low-memory --warmup 2 --steps 6 ;;
+    low-memory-8k) step low-memory-8k 70 120 $TRAIN --preset low-memory --name "low-memory, rows of 8192" \
+      --warmup 2 --steps 6 --set training.per_device_train_batch_size=4 --set training.per_device_eval_batch_size=4 \
+      --set training.pad_to_multiple_of=8192 ;;
+    fast-liger) step fast-liger 80 150 $TRAIN --preset fast --name "fast + liger kernels" --warmup 2 --steps 6 \
+      --set training.use_liger_kernel=true ;;
+    fast-compile) step fast-compile 150 240 $TRAIN --preset fast --name "fast + torch.compile" --warmup 4 --steps 6 \
+      --set training.torch_compile=true ;;
+    generate) step generate 100 170 python3 bench/bench_generate.py --model "$MODEL" --notebook-samples 2 \
+      --batch-sizes 64 --out "$OUT/generate.jsonl" ;;
+    generate-b8) step generate-b8 50 80 python3 bench/bench_generate.py --model "$MODEL" --notebook-samples 0 \
+      --batch-sizes 8 --out "$OUT/generate.jsonl" ;;
+    tests) step tests 90 180 python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -o addopts=-rA \
+      --junit-xml="$OUT/pytest.xml" ;;
+    fast-1gpu) CUDA_VISIBLE_DEVICES=0 step fast-1gpu 100 180 $TRAIN --preset fast --name fast-1gpu --warmup 3 \
+      --steps 8 ;;
+    fast-2gpu) step fast-2gpu 120 240 accelerate launch --config_file configs/accelerate-ddp.yaml --num_processes 2 \
+      bench/bench_train.py --model "$MODEL" --peak "$OUT/peak.json" --out "$OUT/train.jsonl" --preset fast \
+      --name fast-2gpu --warmup 3 --steps 8 ;;
+    *) echo "unknown step $1" | tee -a "$OUT/steps.txt" ;;
+  esac
+}
+case $MODE in
+  one) STEPS="seed fast low-memory generate tests generate-b8 low-memory-8k fast-liger" ;;
+  two) STEPS="fast-1gpu fast-2gpu" ;;
+  *) STEPS="$*" ;;
+esac
+for s in $STEPS; do
+  run_step "$s"
+  # A fast preset that failed: the same with eager attention, to tell a flex attention problem from another.
+  if [ "$s" = fast ] && ! grep -q '"name": "fast"' "$OUT/train.jsonl" 2>/dev/null; then run_step fast-eager; fi
+done
 
 [ -f "$OUT/pytest.xml" ] && grep -E "[0-9]+ (passed|failed|error|skipped).* in [0-9.]+s" "$LOG" | tail -1 >"$OUT/pytest.txt"
 echo
 echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x$(nvidia-smi -L | wc -l)"
 cat "$OUT/steps.txt"
 [ -f "$OUT/peak.json" ] && python3 -c "import json; d=json.load(open('$OUT/peak.json')); print('bf16 matmul', round(d['bf16_matmul_tflops']), 'TFLOP/s;', json.dumps(d['versions']))"
-BASE=seed; [ "$MODE" = two ] && BASE=fast-1gpu
+BASE=seed; grep -q fast-1gpu "$OUT/train.jsonl" 2>/dev/null && BASE=fast-1gpu
 [ -f "$OUT/train.jsonl" ] && python3 bench/bench_train.py --table "$OUT/train.jsonl" --baseline $BASE
 [ -f "$OUT/generate.jsonl" ] && python3 bench/bench_generate.py --table "$OUT/generate.jsonl"
 [ -f "$OUT/pytest.txt" ] && cat "$OUT/pytest.txt"

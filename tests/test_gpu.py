@@ -79,6 +79,7 @@ def _train(preset, model_dir, tmp_path, *overrides, steps=3):
     cfg = load_config(preset, [f"training.max_steps={steps}", "training.logging_steps=1", "training.report_to=none",
                                "training.max_length=64", "early_stopping_patience=null", *overrides], kind="train")
     cfg.training.save_strategy = "no"
+    torch._dynamo.reset()  # flex attention compiled for other shapes by earlier tests: start afresh, not dynamic
     if cfg.training.get("eval_strategy") not in (None, "no", False):
         cfg.training.eval_steps = steps
     tok = models.load_tokenizer(model_dir, padding_side="right")

@@ -38,7 +38,7 @@ def test_run_directory_holds_everything(run_dir):
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
     assert json.loads((run_dir / "writemypaper.json").read_text())["base_model"] == "gemma3-270m"
-    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("checkpoint-*"))
     assert "checkpoint-12" in ckpts and all((run_dir / "checkpoints" / c / "writemypaper-complete").is_file() for c in ckpts)
 
 

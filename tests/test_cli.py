@@ -88,3 +88,34 @@ def test_presets_are_valid(tmp_path):
     t = seed.training
     assert (t.learning_rate, t.warmup_steps, t.per_device_train_batch_size, t.gradient_accumulation_steps,
             t.max_steps, t.max_length, t.optim, t.logging_steps) == (2e-4, 0.03, 1, 4, 5000, 512, "paged_adamw_8bit", 100)
+
+
+def test_generate_inputs_are_read_or_refused_in_one_line(tmp_path):
+    from writemypaper.errors import UserError
+    from writemypaper.evaluate import read_predictions
+    from writemypaper.generate import read_inputs
+
+    (tmp_path / "a.txt").write_text("첫 요약\n\n둘째 요약\n", encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text('{"summary": "첫 요약", "id": 1}\n', encoding="utf-8")
+    (tmp_path / "c.csv").write_text("id,summary\n1,첫 요약\n2,둘째 요약\n", encoding="utf-8")
+    assert [r["summary"] for r in read_inputs(tmp_path / "a.txt")] == ["첫 요약", "둘째 요약"]
+    assert read_inputs(tmp_path / "b.jsonl") == [{"summary": "첫 요약", "id": 1}]
+    assert [r["summary"] for r in read_inputs(tmp_path / "c.csv")] == ["첫 요약", "둘째 요약"]
+    bad = {
+        "d.jsonl": ('{"summary": "x"}\n{"summary": \n', "d.jsonl:2: malformed JSON"),
+        "e.jsonl": ('{"text": "x"}\n', "missing or non-text field(s): summary"),
+        "f.jsonl": ('["x"]\n', "expected a JSON object"),
+        "g.csv": ("text\nx\n", "no 'summary' column"),
+        "h.md": ("x", "use .txt"),
+        "i.txt": ("\n\n", "no summaries"),
+    }
+    for name, (content, needle) in bad.items():
+        (tmp_path / name).write_text(content, encoding="utf-8")
+        with pytest.raises(UserError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+            read_inputs(tmp_path / name)
+    (tmp_path / "p.jsonl").write_text('{"summary": "s", "reference": "r"}\n', encoding="utf-8")
+    with pytest.raises(UserError, match="prediction"):
+        read_predictions(tmp_path / "p.jsonl")
+    (tmp_path / "q.txt").write_bytes(b"\xff\xfe")
+    with pytest.raises(UserError, match="not UTF-8"):
+        read_inputs(tmp_path / "q.txt")

@@ -316,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    import warnings
+
+    # Deprecation notices from the libraries underneath speak to library authors, not to our users.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     try:
         return int(args.func(args) or 0)
     except UserError as e:

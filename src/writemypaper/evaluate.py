@@ -31,31 +31,13 @@ def parse_models(items: list[str]) -> dict[str, str]:
 
 def read_predictions(path: str | Path) -> tuple[list[dict], list[str]]:
     """Rows with summary, reference and prediction from a JSONL file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--predictions {path}: no such file")
+    from writemypaper.generate import read_jsonl
+
     samples, preds = [], []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 (byte {e.start})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n}: malformed JSON at column {e.colno}: {e.msg}") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{n}: expected an object with summary, reference and prediction")
-        missing = [k for k in ("summary", "reference", "prediction") if not isinstance(row.get(k), str)]
-        if missing:
-            raise UserError(f"{path}:{n}: missing or non-text field(s): {', '.join(missing)}")
+    for n, row in read_jsonl(Path(path), "--predictions", ("summary", "reference", "prediction")):
         samples.append({"doc_id": row.get("doc_id", str(n)), "ipc": row.get("ipc"), "summary": row["summary"],
                         "reference": row["reference"]})
         preds.append(row["prediction"])
-    if not samples:
-        raise UserError(f"{path}: no rows")
     return samples, preds
 
 

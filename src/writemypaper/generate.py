@@ -178,36 +178,51 @@ def _run_instruction(model: str | None) -> str | None:
 # inputs
 
 
+def read_text(path: Path, option: str) -> str:
+    if not path.is_file():
+        raise UserError(f"{option} {path}: no such file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 (byte {e.start})") from None
+
+
+def read_jsonl(path: Path, option: str, fields: tuple[str, ...]) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; each object must carry `fields` as non-empty text."""
+    rows = []
+    for n, line in enumerate(read_text(path, option).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{n}: malformed JSON at column {e.colno}: {e.msg}") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{path}:{n}: expected a JSON object with {', '.join(fields)}")
+        missing = [f for f in fields if not isinstance(obj.get(f), str) or not obj[f].strip()]
+        if missing:
+            raise UserError(f"{path}:{n}: missing or non-text field(s): {', '.join(missing)}")
+        rows.append((n, obj))
+    if not rows:
+        raise UserError(f"{path}: no rows in it")
+    return rows
+
+
 def read_inputs(path: str | Path) -> list[dict]:
     """Summaries from .txt (one a line), .jsonl (a `summary` field) or .csv (a `summary` column)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--input {path}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 (byte {e.start})") from None
-    rows: list[dict] = []
+    if path.suffix not in (".txt", ".jsonl", ".csv"):
+        raise UserError(f"{path}: use .txt (one summary a line), .jsonl (a 'summary' field) or .csv (a 'summary' column)")
+    if path.suffix == ".jsonl":
+        return [obj for _, obj in read_jsonl(path, "--input", ("summary",))]
+    text = read_text(path, "--input")
     if path.suffix == ".txt":
         rows = [{"summary": line.strip()} for line in text.splitlines() if line.strip()]
-    elif path.suffix == ".jsonl":
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n}: malformed JSON at column {e.colno}: {e.msg}") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("summary"), str) or not obj["summary"].strip():
-                raise UserError(f"{path}:{n}: no 'summary' text field")
-            rows.append(obj)
-    elif path.suffix == ".csv":
+    else:
         reader = csv.DictReader(text.splitlines())
         if "summary" not in (reader.fieldnames or []):
             raise UserError(f"{path}: no 'summary' column (columns: {', '.join(reader.fieldnames or [])})")
         rows = [dict(r) for r in reader if (r.get("summary") or "").strip()]
-    else:
-        raise UserError(f"{path}: use .txt (one summary a line), .jsonl (a 'summary' field) or .csv (a 'summary' column)")
     if not rows:
         raise UserError(f"{path}: no summaries in it")
     return rows

@@ -79,7 +79,7 @@ def run(a) -> dict | None:
         OmegaConf.update(cfg, f"training.{k}", v, force_add=True)
     cfg.early_stopping_patience = None
 
-    vocab = models.load_config(a.model).vocab_size
+    vocab = models.load_model_config(a.model).vocab_size
     rows = common.synthetic_pairs(a.samples, seed=0, max_length=512, vocab=vocab)  # the same data for every preset
     stats = common.data_stats(rows)
     train_ds = common.dataset(rows)
@@ -133,7 +133,7 @@ def run(a) -> dict | None:
     tok, smp, ltok = (counts[-1][i] - counts[w - 1][i] for i in range(3))
     step_times = sorted(t1 - t0 for t0, t1 in zip(times[w - 1:], times[w:]))
 
-    mconf = models.load_config(a.model)
+    mconf = models.load_model_config(a.model)
     fl = common.lora_flops_per_token(mconf, int(cfg.lora.r), list(cfg.lora.target_modules), stats)
     peak_tflops = json.loads(Path(a.peak).read_text())["bf16_matmul_tflops"] if a.peak and Path(a.peak).is_file() else None
     tps = tok / dt

@@ -1,7 +1,6 @@
 """Evaluation during training keeps the loss only: no (batch, sequence, vocabulary) logits are built or gathered,
 which is what ran the original notebook out of memory at Gemma's 256k vocabulary."""
 
-import torch
 
 from writemypaper import config, train
 from writemypaper.data import load_split

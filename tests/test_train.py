@@ -3,8 +3,6 @@ the loss falls, the adapter changes and the base does not, the model stops by it
 writes the same text."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch

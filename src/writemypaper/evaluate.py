@@ -85,7 +85,7 @@ def evaluate(cfg, out: str, models: dict[str, str] | None = None, data: str | No
     """The `evaluate` verb: generate with each model (or read predictions), score, and write the report."""
     from writemypaper import metrics, report
     from writemypaper.atomic import atomic_write_json, atomic_write_jsonl
-    from writemypaper.config import save_config, to_dict
+    from writemypaper.config import save_config
     from writemypaper.generate import Generator, settings_from_config
 
     if bool(models) == bool(predictions):

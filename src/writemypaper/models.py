@@ -224,7 +224,7 @@ def load_tokenizer(ref: str | None, padding_side: str = "right"):
     return _finish_tokenizer(tok)
 
 
-def load_config(ref: str):
+def load_model_config(ref: str):
     from transformers import AutoConfig
 
     with hub_errors(ref):
@@ -307,7 +307,7 @@ def load_model(
     ref = resolve_model(ref)
     if is_run_dir(ref):
         raise UserError(f"{ref} is a training run; load it with load_for_inference")
-    config = load_config(ref)
+    config = load_model_config(ref)
     dtype = resolve_dtype(precision, getattr(config, "model_type", ""))
     attn = resolve_attention(attn_implementation, config)
     kwargs = dict(dtype=dtype, attn_implementation=attn, token=_token(), use_safetensors=True, trust_remote_code=False)

@@ -8,7 +8,6 @@ a big GPU, evaluation that never materialises the logits, early stopping, and re
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -208,7 +207,7 @@ def _lora_config(cfg):
     return LoraConfig(**kw)
 
 
-def _sft_config(cfg, out: Path, dtype, n_train: int):
+def _sft_config(cfg, out: Path, dtype):
     import torch
     from trl import SFTConfig
 
@@ -220,7 +219,6 @@ def _sft_config(cfg, out: Path, dtype, n_train: int):
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         prediction_loss_only=True,  # evaluation keeps the loss only, never the (batch, seq, 256k) logits
-        dataset_kwargs={**(kw.get("dataset_kwargs") or {})},
     )
     if not eval_enabled(kw):
         kw["eval_strategy"] = "no"
@@ -245,7 +243,7 @@ def _dry_run_params(ref: str, cfg) -> tuple[int, int]:
 
     from writemypaper import models
 
-    config = models.load_config(ref)
+    config = models.load_model_config(ref)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     model = get_peft_model(model, _lora_config(cfg))
@@ -265,7 +263,7 @@ def build_trainer(cfg, ref: str, out_dir: Path, train_ds, eval_ds, tokenizer, ca
     base = models.load_model(ref, precision=cfg.precision, attn_implementation=cfg.get("attn_implementation"),
                              quantization=cfg.get("quantization"), tokenizer=tokenizer)
     dtype = models.resolve_dtype(cfg.precision, base.config.model_type)
-    args = _sft_config(cfg, Path(out_dir), dtype, len(train_ds))
+    args = _sft_config(cfg, Path(out_dir), dtype)
     trainer = SFTTrainer(
         model=base, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
         peft_config=_lora_config(cfg), callbacks=_callbacks(cfg.get("early_stopping_patience")) + list(callbacks or []),
@@ -286,9 +284,8 @@ def build_trainer(cfg, ref: str, out_dir: Path, train_ds, eval_ds, tokenizer, ca
 def train(cfg, data: str, out: str, model: str | None = None, resume: bool = False, dry_run: bool = False) -> dict:
     """The `train` verb. Returns the metrics written to RUN_DIR/metrics.json (or the dry-run summary)."""
     from writemypaper import models
-    from writemypaper.atomic import atomic_write_json
-    from writemypaper.config import save_config, to_dict
-    from writemypaper.data import load_split, read_stats
+    from writemypaper.config import save_config
+    from writemypaper.data import load_split
 
     if model:
         cfg.model = model

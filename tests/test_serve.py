@@ -215,12 +215,12 @@ class GatedGenerator:
         self.lock = threading.Lock()
         self.calls = 0
 
-    def generate(self, summaries, settings, batch_size=8):
+    def generate(self, summaries, settings, batch_size=8, stop=None):
         self.calls += 1
         assert self.gate.wait(60), "the test never opened the gate"
         return [[self.text] * settings.num_return_sequences for _ in summaries]
 
-    def stream(self, summary, settings):
+    def stream(self, summary, settings, stop=None):
         self.calls += 1
         assert self.gate.wait(60), "the test never opened the gate"
         yield from self.text.split(" ")

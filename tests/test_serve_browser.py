@@ -37,10 +37,10 @@ class ScriptedGenerator:
         self.tokenizer = load_tokenizer("gemma3-270m", padding_side="left")
         self.lock = threading.Lock()
 
-    def generate(self, summaries, settings, batch_size=8):
+    def generate(self, summaries, settings, batch_size=8, stop=None):
         return [[self.text] * settings.num_return_sequences for _ in summaries]
 
-    def stream(self, summary, settings):
+    def stream(self, summary, settings, stop=None):
         for i, word in enumerate(self.text.split(" ")):
             time.sleep(self.delay)
             yield word if i == 0 else " " + word

@@ -11,7 +11,7 @@ import json
 import threading
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from writemypaper import prompts
 from writemypaper.errors import UserError
@@ -101,8 +101,9 @@ class Generator:
         return self.tokenizer(texts, add_special_tokens=False, return_tensors="pt", padding=True).to(self.device)
 
     def generate(self, summaries: list[str], settings: GenerationSettings | None = None, batch_size: int = 8,
-                 progress: bool = False) -> list[list[str]]:
-        """One list of `num_return_sequences` abstracts per summary, in input order."""
+                 progress: bool = False, stop: Callable[[], bool] | None = None) -> list[list[str]]:
+        """One list of `num_return_sequences` abstracts per summary, in input order. `stop()` returning true ends
+        generation within a token (the server uses it when its clients have gone)."""
         import torch
         from tqdm.auto import tqdm
 
@@ -117,7 +118,7 @@ class Generator:
             idx = order[start:start + batch_size]
             enc = self._encode([summaries[i] for i in idx])
             with self.lock, torch.inference_mode():
-                out = self.model.generate(**enc, **settings.generate_kwargs(self.tokenizer))
+                out = self.model.generate(**enc, **settings.generate_kwargs(self.tokenizer), **_stopping(stop))
             new = out[:, enc["input_ids"].shape[1]:]
             texts = [self.decode(row) for row in new]
             n = settings.num_return_sequences
@@ -137,8 +138,9 @@ class Generator:
                 break
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
-    def stream(self, summary: str, settings: GenerationSettings | None = None) -> Iterator[str]:
-        """Yield the abstract piece by piece as the model writes it."""
+    def stream(self, summary: str, settings: GenerationSettings | None = None,
+               stop: Callable[[], bool] | None = None) -> Iterator[str]:
+        """Yield the abstract piece by piece as the model writes it; `stop()` as in `generate`."""
         import torch
         from transformers import TextIteratorStreamer
 
@@ -154,7 +156,8 @@ class Generator:
                 with self.lock, torch.inference_mode():
                     if settings.seed is not None:
                         torch.manual_seed(settings.seed)
-                    self.model.generate(**enc, **settings.generate_kwargs(self.tokenizer), streamer=streamer)
+                    self.model.generate(**enc, **settings.generate_kwargs(self.tokenizer), **_stopping(stop),
+                                        streamer=streamer)
             except BaseException as e:  # surfaced in the consumer's thread below
                 error.append(e)
                 streamer.end()
@@ -165,6 +168,20 @@ class Generator:
         thread.join()
         if error:
             raise error[0]
+
+
+def _stopping(stop: Callable[[], bool] | None) -> dict:
+    """`stopping_criteria` for model.generate that ends every sequence once `stop()` is true."""
+    if stop is None:
+        return {}
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopWhen(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), bool(stop()), dtype=torch.bool, device=input_ids.device)
+
+    return {"stopping_criteria": StoppingCriteriaList([StopWhen()])}
 
 
 def _run_instruction(model: str | None) -> str | None:

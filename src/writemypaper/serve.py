@@ -23,7 +23,7 @@ import time
 import unicodedata
 import uuid
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
@@ -233,31 +233,6 @@ def _settings(req, limits: Limits) -> GenerationSettings:
 # the queue: one model, one call at a time; waiting non-streaming requests with equal settings share a call
 
 
-@dataclass
-class _Stoppable(GenerationSettings):
-    """GenerationSettings that end generation once `stop()` is true. Generator hands generate_kwargs() to
-    model.generate unchanged, so a stopping criterion rides along and frees the model within one token."""
-
-    stop: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
-
-    @classmethod
-    def wrap(cls, settings: GenerationSettings, stop: Callable[[], bool]) -> "_Stoppable":
-        return cls(**{f.name: getattr(settings, f.name) for f in fields(GenerationSettings)}, stop=stop)
-
-    def generate_kwargs(self, tokenizer) -> dict:
-        return super().generate_kwargs(tokenizer) | {"stopping_criteria": [_StopWhen(self.stop)]}
-
-
-class _StopWhen:
-    def __init__(self, stop: Callable[[], bool]):
-        self.stop = stop
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        return torch.full((input_ids.shape[0],), self.stop(), dtype=torch.bool, device=input_ids.device)
-
-
 _END = object()
 
 
@@ -346,11 +321,14 @@ class Scheduler:
         return len(prompts.encode_prompt(self.generator.tokenizer, summary, instruction))
 
     async def _generate(self, batch: list[Job]) -> None:
-        settings = _Stoppable.wrap(batch[0].settings, lambda: all(j.cancelled.is_set() for j in batch))
+        settings = batch[0].settings
+
+        def gone() -> bool:
+            return all(j.cancelled.is_set() for j in batch)
 
         def run():
             # Tokenizer work stays on this one thread: a fast tokenizer used from two threads at once can fail.
-            outs = self.generator.generate([j.summary for j in batch], settings, batch_size=len(batch))
+            outs = self.generator.generate([j.summary for j in batch], settings, batch_size=len(batch), stop=gone)
             return [(texts, self._prompt_tokens(j.summary), [self._count(t) for t in texts])
                     for j, texts in zip(batch, outs)]
 
@@ -368,13 +346,12 @@ class Scheduler:
 
     async def _stream(self, job: Job) -> None:
         loop = asyncio.get_running_loop()
-        settings = _Stoppable.wrap(job.settings, job.cancelled.is_set)
 
         def run():
             text = []
             # A cancelled job keeps draining the stream: the stopping criterion ends it within a token, and the
             # next job must not start while this generation thread still holds the tokenizer.
-            for piece in self.generator.stream(job.summary, settings):
+            for piece in self.generator.stream(job.summary, job.settings, stop=job.cancelled.is_set):
                 if piece and not job.cancelled.is_set():
                     text.append(piece)
                     loop.call_soon_threadsafe(job.pieces.put_nowait, piece)

@@ -43,6 +43,7 @@ def _one_line_error(args, tmp_path):
     (["train", "--data", "d", "--out", "o", "bogus=1"], "unknown config key 'bogus'"),
     (["train", "--data", "d", "--out", "o", "lora.r=-4"], "lora.r=-4 must be positive"),
     (["train", "--data", "d", "--out", "o", "precision=fp8"], "precision=fp8"),
+    (["train", "--config", "fast", "--data", "d", "--out", "o", "compile_layers=maybe"], "compile_layers=maybe is not"),
     (["train", "--data", "missing-dir", "--out", "o"], "no such directory"),
     (["train", "--data", "d", "--out", "o", "training.learning_rate"], "not of the form key=value"),
     (["generate", "--model", "gemma3-270m"], "give exactly one of"),
@@ -84,6 +85,7 @@ def test_presets_are_valid(tmp_path):
         train.validate(cfg, str(tmp_path / "d"), str(tmp_path / "out"), resume=False)
         assert cfg.lora.r > 0 and cfg.training.max_length >= 16
     seed = config.load_config("seed", kind="train")
+    assert seed.compile_layers is False and config.load_config("fast", kind="train").compile_layers is True
     assert (seed.quantization, seed.precision, seed.lora.r, seed.lora.lora_alpha, seed.lora.lora_dropout) == ("nf4", "fp16", 6, 8, 0.05)
     t = seed.training
     assert (t.learning_rate, t.warmup_steps, t.per_device_train_batch_size, t.gradient_accumulation_steps,

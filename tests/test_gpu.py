@@ -173,9 +173,22 @@ def test_fast_preset_trains_in_bf16_with_flex_attention(gemma2_dir, tmp_path):
     trainer, losses, before, after = _train("fast", gemma2_dir, tmp_path, *ROWS_OF_4_BINS)
     assert trainer.args.bf16 and not trainer.args.fp16
     assert trainer.model.config._attn_implementation == "flex_attention"
+    layers = trainer.model.get_base_model().model.layers
+    assert all(layer._compiled_call_impl is not None for layer in layers)  # compile_layers: true
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
     assert _changed(before, after), "no LoRA weight changed"
     assert any("eval_loss" in h for h in trainer.state.log_history)
+
+
+def test_fast_preset_learns_the_same_with_and_without_compiled_layers(gemma2_dir, tmp_path):
+    """The same data, seed and steps: compiled layers (flex attention generated inside them) and plain layers give
+    the same losses up to bf16 rounding."""
+    _, compiled, _, _ = _train("fast", gemma2_dir, tmp_path / "on", *ROWS_OF_4_BINS)
+    trainer, plain, _, _ = _train("fast", gemma2_dir, tmp_path / "off", *ROWS_OF_4_BINS, "compile_layers=false")
+    assert all(layer._compiled_call_impl is None for layer in trainer.model.get_base_model().model.layers)
+    assert len(compiled) == len(plain) == 3
+    for a, b in zip(compiled, plain):
+        assert abs(a - b) < 0.02 * abs(b), (compiled, plain)
 
 
 @pytest.mark.parametrize("preset", ["seed", "low-memory"])

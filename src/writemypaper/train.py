@@ -19,8 +19,8 @@ from writemypaper.errors import UserError
 
 # Our own keys; everything under `training:` goes to TRL's SFTConfig, everything under `lora:` to PEFT's LoraConfig.
 TOP_KEYS = {
-    "kind", "open_sections", "source", "model", "precision", "attn_implementation", "quantization", "instruction",
-    "max_train_samples", "max_eval_samples", "early_stopping_patience", "lora", "training",
+    "kind", "open_sections", "source", "model", "precision", "attn_implementation", "quantization", "compile_layers",
+    "instruction", "max_train_samples", "max_eval_samples", "early_stopping_patience", "lora", "training",
 }
 CHECKPOINTS = "checkpoints"
 COMPLETE = "writemypaper-complete"  # written into a checkpoint once the Trainer has finished saving it
@@ -71,6 +71,8 @@ def validate(cfg, data_dir: str, out_dir: str, resume: bool) -> None:
         problems.append(f"precision={c.get('precision')} is not one of auto, bf16, fp16, fp32")
     if c.get("quantization") not in (None, "nf4", "4bit"):
         problems.append(f"quantization={c.get('quantization')} is not nf4 or null")
+    if not isinstance(c.get("compile_layers", False), bool):
+        problems.append(f"compile_layers={c.get('compile_layers')} is not true or false")
     patience = c.get("early_stopping_patience")
     if patience and not eval_enabled(t):
         problems.append("early_stopping_patience needs evaluation: set training.eval_strategy=steps")
@@ -250,6 +252,20 @@ def _dry_run_params(ref: str, cfg) -> tuple[int, int]:
     return count_parameters(model)
 
 
+def compile_layers(model) -> int:
+    """torch.compile each decoder layer in place (regional compilation): the layers share one compiled graph per
+    layer kind, so compiling costs about one layer's time, and parameter names and checkpoints stay as they are.
+    Inside a compiled layer, flex attention is generated with the rest of the layer. Returns the layers compiled."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kinds = set(getattr(base, "_no_split_modules", None) or [])
+    layers = [m for m in base.modules() if type(m).__name__ in kinds]
+    if not layers:
+        raise UserError(f"compile_layers: no decoder layers found in {type(base).__name__}; set compile_layers=false")
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
 def build_trainer(cfg, ref: str, out_dir: Path, train_ds, eval_ds, tokenizer, callbacks: list | None = None):
     """The SFTTrainer every run uses (the benchmarks too): the model loaded per the preset's precision, attention
     and quantization, LoRA from `lora:`, SFTConfig from `training:`, and our callbacks."""
@@ -272,6 +288,8 @@ def build_trainer(cfg, ref: str, out_dir: Path, train_ds, eval_ds, tokenizer, ca
     for cb in list(trainer.callback_handler.callbacks):
         if type(cb) is ProgressCallback:
             trainer.remove_callback(cb)
+    if cfg.get("compile_layers"):
+        compile_layers(trainer.model)
     if args.fp16:
         # TRL casts a quantized model's adapter weights to bf16, and fp16's GradScaler cannot unscale bf16 gradients
         # (trl#4901): keep the trainable weights in fp32, as fp16 mixed precision expects.
@@ -337,7 +355,17 @@ def train(cfg, data: str, out: str, model: str | None = None, resume: bool = Fal
     dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
     trainable, total = count_parameters(trainer.model)
     start = time.time()
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    except Exception as e:
+        # torch.compile's failures (no C compiler, a GPU Triton does not support, an op it cannot trace) come from
+        # dynamo or inductor; checkpoints already written stay, and --resume continues from them
+        if cfg.get("compile_layers") and type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            cause = getattr(e, "inner_exception", None) or e  # BackendCompilerFailed wraps the compiler's error
+            msg = (str(cause).strip().splitlines() or [""])[0][:300]
+            raise UserError(f"compiling the decoder layers failed ({type(cause).__name__}: {msg}); "
+                            "add compile_layers=false to train without compiling") from e
+        raise
     runtime = time.time() - start
 
     metrics: dict = {}

@@ -1,0 +1,88 @@
+"""compile_layers: each decoder layer is compiled in place (the `fast` preset's default), and a compiled LoRA
+model computes what the uncompiled one does, gradients included, with its parameter names unchanged (so adapters
+and checkpoints stay loadable). Runs inductor for real, on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+def _lora_model(model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from writemypaper import models
+
+    base = models.load_model(model_dir, precision="fp32", attn_implementation="eager")
+    torch.manual_seed(0)
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], task_type="CAUSAL_LM",
+                     init_lora_weights=False)  # random B as well, so the adapter changes the output
+    return get_peft_model(base, cfg)
+
+
+def _loss_and_grads(model, ids, position_ids):
+    model.zero_grad(set_to_none=True)
+    out = model(input_ids=ids, position_ids=position_ids, labels=ids, use_cache=False)
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return out.logits.detach(), out.loss.detach(), grads
+
+
+def test_compiled_layers_compute_what_eager_layers_do(tiny_gemma2_dir):
+    from writemypaper.train import compile_layers
+
+    torch._dynamo.reset()
+    eager_model, compiled_model = _lora_model(tiny_gemma2_dir), _lora_model(tiny_gemma2_dir)
+    names = [n for n, _ in compiled_model.named_parameters()]
+    assert compile_layers(compiled_model) == 2
+    layers = compiled_model.get_base_model().model.layers
+    assert all(layer._compiled_call_impl is not None for layer in layers)
+    assert [n for n, _ in compiled_model.named_parameters()] == names  # no `_orig_mod.` in any name
+    assert not any("_orig_mod" in k for k in compiled_model.state_dict())
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(10, 2000, (1, 48), generator=g)
+    position_ids = torch.cat([torch.arange(20), torch.arange(28)])[None]  # two packed sequences
+    try:
+        ref_logits, ref_loss, ref_grads = _loss_and_grads(eager_model, ids, position_ids)
+        logits, loss, grads = _loss_and_grads(compiled_model, ids, position_ids)
+    finally:
+        torch._dynamo.reset()
+    assert torch.allclose(logits, ref_logits, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(loss, ref_loss, rtol=1e-5)
+    assert grads.keys() == ref_grads.keys() and len(grads) == 2 * 3 * 2  # A and B, 3 targets, 2 layers
+    for n in grads:
+        assert ref_grads[n].abs().sum() > 0, n
+        assert torch.allclose(grads[n], ref_grads[n], rtol=1e-3, atol=1e-6), n
+
+
+def test_compile_layers_refuses_a_model_without_decoder_layers():
+    from writemypaper.errors import UserError
+    from writemypaper.train import compile_layers
+
+    with pytest.raises(UserError, match="no decoder layers"):
+        compile_layers(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)))
+
+
+def test_a_compile_failure_is_one_line_that_says_what_to_do(short_prepared, tmp_path, monkeypatch, capsys):
+    """A platform where torch.compile cannot work fails `train` in one line naming the way out, not a traceback."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    from writemypaper import train as train_mod
+    from writemypaper.cli import main
+
+    class Failing:
+        args = type("A", (), {"bf16": False, "fp16": False})()
+        model = torch.nn.Linear(2, 2)
+
+        def train(self, resume_from_checkpoint=None):
+            raise BackendCompilerFailed(lambda *a: None, RuntimeError("Compiler: cc is not found"), None)
+
+    monkeypatch.setattr(train_mod, "build_trainer", lambda *a, **k: Failing())
+    code = main(["train", "--config", "cpu-demo", "--data", str(short_prepared), "--out", str(tmp_path / "run"),
+                 "compile_layers=true"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("writemypaper: error: compiling the decoder layers failed (RuntimeError: Compiler: cc")
+    assert "compile_layers=false" in err[-1] and "Traceback" not in "\n".join(err)

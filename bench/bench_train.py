@@ -65,7 +65,7 @@ def run(a) -> dict | None:
 
     t_start = time.time()
     cfg = load_config(a.preset, a.set, kind="train")
-    steps = a.warmup + a.steps
+    steps = a.warmup + a.steps + (1 if a.profile else 0)  # the profiled step comes after the timed ones
     eval_on = cfg.training.get("eval_strategy", "no") not in ("no", False) and not a.no_eval
     # Benchmark-only settings: a short run, a loss every step, no checkpoints or TensorBoard, evaluation once at the
     # end (after the timed window).
@@ -91,12 +91,24 @@ def run(a) -> dict | None:
     totals = torch.zeros(3, dtype=torch.long, device=dev)
     marks: list[tuple[float, torch.Tensor, int]] = []
 
+    profiler = None
+
     class StepClock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            nonlocal profiler
+            if a.profile and state.global_step == a.warmup + a.steps and int(os.environ.get("RANK", 0)) == 0:
+                profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]
+                                                  + ([torch.profiler.ProfilerActivity.CUDA] if cuda else []))
+                profiler.__enter__()
+
         def on_step_end(self, args, state, control, **kw):
             if cuda:
                 torch.cuda.synchronize()
             marks.append((time.perf_counter(), totals.clone(), torch.cuda.max_memory_allocated() if cuda else 0))
             faulthandler.cancel_dump_traceback_later()
+            if profiler is not None and len(marks) == steps:
+                profiler.__exit__(None, None, None)
+                write_profile(profiler, a.profile, marks[-1][0] - marks[-2][0])
 
     with tempfile.TemporaryDirectory(prefix="wmp-bench-") as out_dir:
         t_build = time.time()
@@ -126,8 +138,8 @@ def run(a) -> dict | None:
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)
         if dist.get_rank() != 0:
             return None
-    counts = counts.tolist()
-    times = [m[0] for m in marks]
+    counts = counts.tolist()[: a.warmup + a.steps]
+    times = [m[0] for m in marks][: a.warmup + a.steps]
     w = a.warmup
     dt = times[-1] - times[w - 1]
     tok, smp, ltok = (counts[-1][i] - counts[w - 1][i] for i in range(3))
@@ -164,6 +176,32 @@ def run(a) -> dict | None:
     return result
 
 
+def write_profile(prof, path: str, step_s: float) -> None:
+    """One optimizer step under torch.profiler: how much of the step the GPU spent in kernels, which kernels, and
+    how many were launched (host overhead shows as a GPU busy well under the step time)."""
+    from torch.autograd import DeviceType
+
+    events = prof.key_averages()
+
+    def dev_time(e):  # torch renamed cuda_* to device_* (2.4); read whichever this torch has
+        return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+
+    # GPU-side ranges of annotated regions (DistributedDataParallel.forward, say) span kernels; they are not kernels
+    kernels = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA and dev_time(e) > 0
+               and not getattr(e, "is_user_annotation", False)
+               and not e.key.startswith(("DistributedDataParallel", "Optimizer", "ProfilerStep"))]
+    busy_s = sum(dev_time(e) for e in kernels) / 1e6
+    launches = sum(e.count for e in kernels)
+    sort = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+    head = (f"step {step_s:.3f} s (profiled, so slower than the timed steps); GPU kernels {busy_s:.3f} s "
+            f"({100 * busy_s / step_s:.0f}% busy); {launches} kernel launches\n")
+    top = sorted(kernels, key=dev_time, reverse=True)[:25]
+    lines = [f"{dev_time(e) / 1e3:9.1f} ms {e.count:6d}x  {e.key[:110]}" for e in top]
+    ops = events.table(sort_by=sort, row_limit=30, max_name_column_width=60)
+    Path(path).write_text(head + "\nkernels by GPU time:\n" + "\n".join(lines) + "\n\nops:\n" + ops + "\n")
+    print(head + "\n".join(lines[:12]))
+
+
 def table(path: str, baseline: str) -> str:
     rows = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
     base = next((r for r in rows if r["name"] == baseline), None)
@@ -198,6 +236,7 @@ def main():
     ap.add_argument("--peak", help="JSON from `python bench/common.py peak` (for MFU)")
     ap.add_argument("--stacks-after", type=float, default=0, metavar="S",
                     help="print every thread's stack if the first step has not ended after S seconds")
+    ap.add_argument("--profile", metavar="TXT", help="profile one more step after the timed ones, write a summary here")
     ap.add_argument("--out", default="bench-train.jsonl")
     ap.add_argument("--table", metavar="JSONL", help="print the table of a results file and exit")
     ap.add_argument("--baseline", default="seed", help="row the ratios are taken against")

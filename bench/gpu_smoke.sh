@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Everything the GPU machine runs for bench/RESULTS.md, in one call, within a time budget:
 #
-#   bash bench/gpu_smoke.sh one    # one H200: seed / fast / low-memory side by side, generation, GPU tests
-#   bash bench/gpu_smoke.sh two    # two H200s: fast on one GPU, then on two (DDP through accelerate)
+#   bash bench/gpu_smoke.sh one    # one H200: seed / fast / low-memory side by side, generation, GPU tests, probes
+#   bash bench/gpu_smoke.sh two    # two H200s: seed, fast on one GPU then on two (DDP), GPU tests, low-memory
 #   bash bench/gpu_smoke.sh seed fast tests   # named steps (see run_step below)
 #
 # Missing packages come as wheels in .whl/ (bash bench/fetch_wheels.sh, carried); the model is made there, random weights.
@@ -17,6 +17,9 @@ mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
 LOG=$OUT/log.txt
+# Single-GPU steps see one GPU (the Trainer would otherwise wrap the model in DataParallel); fast-2gpu sees them all.
+ALL_GPUS=$(nvidia-smi --query-gpu=index --format=csv,noheader | paste -sd, -)
+export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
 
 if ! python3 -c "import trl, datasets" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -53,34 +56,47 @@ step peak 20 60 python3 bench/common.py peak "$OUT/peak.json"
 run_step() {
   case $1 in
     seed) step seed 60 150 $TRAIN --preset seed --warmup 2 --steps 6 ;;
-    fast) step fast 90 150 $TRAIN --preset fast --warmup 2 --steps 6 --stacks-after 100 ;;
+    fast) step fast 90 150 $TRAIN --preset fast --warmup 2 --steps 6 --stacks-after 100 --profile "$OUT/profile-fast.txt" ;;
     fast-eager) step fast-eager 80 150 $TRAIN --preset fast --name "fast, eager attention" --warmup 2 --steps 6 \
       --set attn_implementation=eager ;;
     low-memory) step low-memory 90 170 $TRAIN --preset low-memory --warmup 2 --steps 6 ;;
+    low-memory-compile) step low-memory-compile 90 170 $TRAIN --preset low-memory --name "low-memory, compiled layers" \
+      --warmup 3 --steps 6 --set compile_layers=true ;;
+    fast-plain) step fast-plain 80 150 $TRAIN --preset fast --name "fast, layers not compiled" --warmup 2 --steps 6 \
+      --set compile_layers=false ;;
     low-memory-8k) step low-memory-8k 70 120 $TRAIN --preset low-memory --name "low-memory, rows of 8192" \
       --warmup 2 --steps 6 --set training.per_device_train_batch_size=4 --set training.per_device_eval_batch_size=4 \
       --set training.pad_to_multiple_of=8192 ;;
     fast-liger) step fast-liger 80 150 $TRAIN --preset fast --name "fast + liger kernels" --warmup 2 --steps 6 \
       --set training.use_liger_kernel=true ;;
-    fast-compile) step fast-compile 150 240 $TRAIN --preset fast --name "fast + torch.compile" --warmup 4 --steps 6 \
-      --set training.torch_compile=true ;;
+    rows) for L in 4096 8192 16384; do
+        step "rows-flex-$L" 40 60 python3 bench/bench_rows.py --length $L --stacks-after 50 --out "$OUT/rows.jsonl"
+      done
+      step rows-eager-4096 20 40 python3 bench/bench_rows.py --length 4096 --attn eager --out "$OUT/rows.jsonl"
+      step rows-compiled-4096 40 90 python3 bench/bench_rows.py --length 4096 --compile-layers --stacks-after 80 \
+        --out "$OUT/rows.jsonl" ;;
     generate) step generate 100 170 python3 bench/bench_generate.py --model "$MODEL" --notebook-samples 2 \
       --batch-sizes 64 --out "$OUT/generate.jsonl" ;;
     generate-b8) step generate-b8 50 80 python3 bench/bench_generate.py --model "$MODEL" --notebook-samples 0 \
       --batch-sizes 8 --out "$OUT/generate.jsonl" ;;
     tests) step tests 120 300 python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -o addopts=-rA \
       --junit-xml="$OUT/pytest.xml" ;;
-    fast-1gpu) CUDA_VISIBLE_DEVICES=0 step fast-1gpu 100 180 $TRAIN --preset fast --name fast-1gpu --warmup 3 \
-      --steps 8 ;;
-    fast-2gpu) step fast-2gpu 120 240 accelerate launch --config_file configs/accelerate-ddp.yaml --num_processes 2 \
+    fast-1gpu) step fast-1gpu 100 180 $TRAIN --preset fast --name fast-1gpu --warmup 3 \
+      --steps 8 --profile "$OUT/profile-fast-1gpu.txt" ;;
+    fast-2gpu) CUDA_VISIBLE_DEVICES=$ALL_GPUS step fast-2gpu 120 240 accelerate launch --config_file configs/accelerate-ddp.yaml --num_processes 2 \
       bench/bench_train.py --model "$MODEL" --peak "$OUT/peak.json" --out "$OUT/train.jsonl" --preset fast \
-      --name fast-2gpu --warmup 3 --steps 8 ;;
+      --name fast-2gpu --warmup 3 --steps 8 --profile "$OUT/profile-fast-2gpu.txt" ;;
+    fast-2gpu-buckets) CUDA_VISIBLE_DEVICES=$ALL_GPUS step fast-2gpu-buckets 120 240 accelerate launch \
+      --config_file configs/accelerate-ddp.yaml --num_processes 2 bench/bench_train.py --model "$MODEL" \
+      --peak "$OUT/peak.json" --out "$OUT/train.jsonl" --preset fast --name "fast-2gpu, one bucket, no buffer sync" \
+      --warmup 3 --steps 8 --set training.ddp_bucket_cap_mb=512 --set training.ddp_broadcast_buffers=false \
+      --profile "$OUT/profile-fast-2gpu-buckets.txt" ;;
     *) echo "unknown step $1" | tee -a "$OUT/steps.txt" ;;
   esac
 }
 case $MODE in
-  one) STEPS="seed fast low-memory generate tests generate-b8 low-memory-8k fast-liger" ;;
-  two) STEPS="fast-1gpu fast-2gpu" ;;
+  one) STEPS="seed fast fast-plain low-memory generate tests rows fast-liger" ;;
+  two) STEPS="seed fast-1gpu fast-2gpu tests low-memory low-memory-compile" ;;
   *) STEPS="$*" ;;
 esac
 for s in $STEPS; do
@@ -94,8 +110,10 @@ echo
 echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x$(nvidia-smi -L | wc -l)"
 cat "$OUT/steps.txt"
 [ -f "$OUT/peak.json" ] && python3 -c "import json; d=json.load(open('$OUT/peak.json')); print('bf16 matmul', round(d['bf16_matmul_tflops']), 'TFLOP/s;', json.dumps(d['versions']))"
-BASE=seed; grep -q fast-1gpu "$OUT/train.jsonl" 2>/dev/null && BASE=fast-1gpu
-[ -f "$OUT/train.jsonl" ] && python3 bench/bench_train.py --table "$OUT/train.jsonl" --baseline $BASE
+[ -f "$OUT/train.jsonl" ] && python3 bench/bench_train.py --table "$OUT/train.jsonl" --baseline seed
+grep -q fast-1gpu "$OUT/train.jsonl" 2>/dev/null && python3 bench/bench_train.py --table "$OUT/train.jsonl" --baseline fast-1gpu
 [ -f "$OUT/generate.jsonl" ] && python3 bench/bench_generate.py --table "$OUT/generate.jsonl"
+[ -f "$OUT/rows.jsonl" ] && python3 bench/bench_rows.py --table "$OUT/rows.jsonl"
+for f in "$OUT"/profile-*.txt; do [ -f "$f" ] && { echo "$f"; head -14 "$f"; }; done
 [ -f "$OUT/pytest.txt" ] && cat "$OUT/pytest.txt"
 exit 0

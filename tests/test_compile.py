@@ -86,3 +86,20 @@ def test_a_compile_failure_is_one_line_that_says_what_to_do(short_prepared, tmp_
     assert code == 2
     assert err[-1].startswith("writemypaper: error: compiling the decoder layers failed (RuntimeError: Compiler: cc")
     assert "compile_layers=false" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_build_trainer_compiles_the_layers_only_when_asked(tiny_gemma2_dir, embedded_tokenizer, short_prepared,
+                                                            tmp_path):
+    """The train verb's own path: compile_layers=true compiles the PEFT-wrapped model's layers, false leaves them."""
+    from writemypaper import config, train
+    from writemypaper.data import load_split
+
+    train_ds, _ = train.tokenize_split(load_split(str(short_prepared), "train"), embedded_tokenizer, None, 160, 4)
+    for flag in (True, False):
+        cfg = config.load_config("cpu-demo", [f"compile_layers={str(flag).lower()}", "training.report_to=[]",
+                                              "training.eval_strategy=no", "early_stopping_patience=null"],
+                                 kind="train")
+        trainer = train.build_trainer(cfg, str(tiny_gemma2_dir), tmp_path / str(flag), train_ds, None,
+                                      embedded_tokenizer)
+        layers = trainer.model.get_base_model().model.layers
+        assert [layer._compiled_call_impl is not None for layer in layers] == [flag] * len(layers)

@@ -288,14 +288,14 @@ def build_trainer(cfg, ref: str, out_dir: Path, train_ds, eval_ds, tokenizer, ca
     for cb in list(trainer.callback_handler.callbacks):
         if type(cb) is ProgressCallback:
             trainer.remove_callback(cb)
-    if cfg.get("compile_layers"):
-        compile_layers(trainer.model)
     if args.fp16:
         # TRL casts a quantized model's adapter weights to bf16, and fp16's GradScaler cannot unscale bf16 gradients
         # (trl#4901): keep the trainable weights in fp32, as fp16 mixed precision expects.
         for p in trainer.model.parameters():
             if p.requires_grad and p.dtype != torch.float32:
                 p.data = p.data.float()
+    if cfg.get("compile_layers"):  # last: the layers compile at their first call, with the weights as they are now
+        compile_layers(trainer.model)
     return trainer
 
 

@@ -78,7 +78,11 @@ def our_way(model, tokenizer, summaries, max_new_tokens: int, batch_size: int) -
 
     model.generate = counting_generate
     try:
-        gen.generate(summaries[:batch_size], GenerationSettings(max_new_tokens=16), batch_size=batch_size)  # warm-up
+        # Warm-up. A static cache is sized by prompt + max_new_tokens and its decoding step compiles per size, so
+        # its warm-up is the measured call itself; the dynamic cache needs only a short one.
+        static = model.generation_config.cache_implementation == "static"
+        gen.generate(summaries[:batch_size], GenerationSettings(max_new_tokens=max_new_tokens if static else 16),
+                     batch_size=batch_size)
         counted.clear()
         _sync()
         t = time.perf_counter()
@@ -90,6 +94,26 @@ def our_way(model, tokenizer, summaries, max_new_tokens: int, batch_size: int) -
     return {"seconds": seconds, "abstracts": len(summaries), "generated_tokens": sum(counted)}
 
 
+def continuous_way(model, tokenizer, summaries, max_new_tokens: int) -> dict:
+    """transformers' continuous batching (`generate_batch`: paged KV cache, requests scheduled as slots free up), on
+    the same prompts and settings, as the candidate backend for `serve`. Experimental in transformers 5.x."""
+    from transformers import GenerationConfig
+
+    from writemypaper import prompts
+
+    ids = [prompts.encode_prompt(tokenizer, s) for s in summaries]
+    gc = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=0.7, top_p=0.9, top_k=50,
+                          eos_token_id=prompts.stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    model.generate_batch(inputs=ids[:8], generation_config=gc, max_new_tokens=16)  # warm-up
+    _sync()
+    t = time.perf_counter()
+    out = model.generate_batch(inputs=ids, generation_config=gc)
+    _sync()
+    seconds = time.perf_counter() - t
+    return {"seconds": seconds, "abstracts": len(summaries),
+            "generated_tokens": sum(len(o.generated_tokens) for o in out.values())}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model directory (python bench/common.py make-model DIR)")
@@ -99,6 +123,9 @@ def main():
     ap.add_argument("--batches", type=int, default=1, help="batches per batch size for ours")
     ap.add_argument("--static-cache", action="store_true",
                     help="ours with a static KV cache (transformers then compiles the decoding step, CUDA graphs)")
+    ap.add_argument("--continuous", type=int, default=0, metavar="N",
+                    help="also N summaries through transformers' continuous batching (generate_batch)")
+    ap.add_argument("--attn", default="auto", help="attention for ours (auto: eager for Gemma 2, keeps its softcap)")
     ap.add_argument("--out", default="bench-generate.jsonl")
     ap.add_argument("--table", metavar="JSONL", help="print the table of a results file and exit")
     a = ap.parse_args()
@@ -110,6 +137,8 @@ def main():
 
     t = time.time()
     model, tokenizer = models.load_for_inference(a.model, precision="auto")
+    if a.attn != "auto":
+        model.set_attn_implementation(a.attn)
     if a.static_cache:
         model.generation_config.cache_implementation = "static"
     env = common.environment()
@@ -129,6 +158,15 @@ def main():
         runs.append({"way": name, "batch_size": b,
                      **our_way(model, tokenizer, sample_summaries(b * a.batches), a.max_new_tokens, b)})
         print(json.dumps(runs[-1]))
+    if a.continuous:
+        for attn in ("paged|eager", "paged|sdpa"):  # the paged kernels transformers ships; sdpa drops the softcap
+            try:
+                model.set_attn_implementation(attn)
+                runs.append({"way": f"continuous batching ({attn})", "batch_size": a.continuous,
+                             **continuous_way(model, tokenizer, sample_summaries(a.continuous), a.max_new_tokens)})
+                print(json.dumps(runs[-1]))
+            except Exception as e:  # experimental API: record why it did not run
+                print(f"continuous batching with {attn} failed: {type(e).__name__}: {str(e)[:300]}")
     with open(a.out, "a", encoding="utf-8") as f:
         for r in runs:
             r.update(base, abstracts_per_s=r["abstracts"] / r["seconds"], tokens_per_s=r["generated_tokens"] / r["seconds"])
@@ -138,7 +176,8 @@ def main():
 
 def table(path: str) -> str:
     rows = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
-    base = next((r for r in rows if r["way"] == "notebook"), None)
+    # Against the notebook's pipeline where it ran, else against the first row (batch 64, dynamic cache, in our runs)
+    base = next((r for r in rows if r["way"] == "notebook"), rows[0] if rows else None)
     out = ["| way | batch | abstracts | generated tokens | s | abstracts/s | x notebook | tokens/s | x notebook |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:

@@ -79,6 +79,13 @@ run_step() {
       --batch-sizes 64 --out "$OUT/generate.jsonl" ;;
     generate-b8) step generate-b8 50 80 python3 bench/bench_generate.py --model "$MODEL" --notebook-samples 0 \
       --batch-sizes 8 --out "$OUT/generate.jsonl" ;;
+    # Evaluation at scale (up to 512 new tokens): batch sizes, a static KV cache (compiled decoding), and
+    # transformers' continuous batching, each against batch 64 with the dynamic cache in the same run.
+    generate-scale)
+      G="python3 bench/bench_generate.py --model $MODEL --notebook-samples 0 --max-new-tokens 512 --out $OUT/generate.jsonl"
+      step gen-dynamic 60 150 $G --batch-sizes 64 256
+      step gen-static 60 200 $G --batch-sizes 64 256 --static-cache
+      step gen-continuous 60 150 $G --batch-sizes --continuous 256 ;;
     tests) step tests 120 300 python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -o addopts=-rA \
       --junit-xml="$OUT/pytest.xml" ;;
     fast-1gpu) step fast-1gpu 100 180 $TRAIN --preset fast --name fast-1gpu --warmup 3 \

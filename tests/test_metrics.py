@@ -195,6 +195,94 @@ def test_unsupported_facts_flags_only_invented_figures():
     assert [f.text for f in unsupported_facts("CNNs", "CNN")] == ["CNN"]  # Latin terms match whole words
 
 
+def _flagged(source: str, text: str) -> list[str]:
+    return [f.text for f in unsupported_facts(source, text)]
+
+
+def test_numbers_match_with_their_unit():
+    # 27.3% is a share, 27.3년 a duration; 3배 a ratio, 3개 a count: the same digits make different claims.
+    assert _flagged("응답자의 27.3%가 3배 증가하였다.", "27.3년 동안 3개가 늘었다.") == ["27.3년", "3개"]
+    assert _flagged("응답자의 27.3%가 3배 증가하였다.", "27.3퍼센트가 3배로 늘었다.") == []  # spellings of one unit
+    # A bare number claims no unit, so the text may drop it; a bare source number (n=1,234, 23.4 in a table)
+    # supports its value with any unit.
+    assert _flagged("응답자의 27.3%가 응답하였다.", "27.3이 응답하였다.") == []
+    assert _flagged("응답률은 23.4였다(n=1,234).", "23.4%가 응답하였고 1,234명이었다.") == []
+    assert _flagged("25°C에서 3.5 mg/L였다.", "25℃에서 3.5㎎/L였다.") == ["3.5㎎"]  # ㎎/L is not one unit symbol
+    assert _flagged("25°C에서 3.5 mg를 넣었다.", "25℃에서 3.5㎎을 넣었다.") == []
+    # 3%p (a difference of percentages) is not 3%.
+    assert _flagged("지지율이 3%p 올랐다.", "지지율이 3% 올랐다.") == ["3%"]
+
+
+def test_decimals_normalise():
+    assert [f.text for f in extract_facts("유의수준은 p<.05였다.")] == [".05"]
+    assert _flagged("유의수준 0.05에서", "p<.05로 유의하였다.") == []
+    assert _flagged("p<.05로 유의하였다.", "유의수준 0.050에서") == []
+    assert _flagged("p<.05로 유의하였다.", "유의수준 0.5에서") == ["0.5"]
+    # A full stop that ends a Korean sentence does not start a decimal.
+    assert [f.text for f in extract_facts("결과였다.5개 집단")] == ["5개"]
+
+
+def test_korean_numerals_count():
+    # 세 나라 claims 3 countries: 3개국 and 세 나라 support each other; 3개 (things) and 3명 (people) do not.
+    facts = extract_facts("한ㆍ중ㆍ일 세 나라의 대학생")
+    assert facts == [Fact("세 나라", "number", 6, 10)]
+    assert _flagged("한ㆍ중ㆍ일 세 나라의 대학생", "3개국, 3개, 3명, 세 나라, 네 나라") == ["3개", "3명", "네 나라"]
+    assert _flagged("3개국을 비교하였다.", "세 나라를 비교하였다.") == []
+    assert _flagged("두 차례 조사하였다.", "2회 조사하고 다섯 가지 요인을 보았다.") == ["다섯 가지"]
+    assert _flagged("열두 명이 참여하였다.", "12명이 참여하였다.") == []
+    # Sino-Korean numerals count before units that leave no other reading.
+    assert [f.text for f in extract_facts("삼 년간 이십오 개월, 오 배")] == ["삼 년간", "이십오 개월", "오 배"]
+    assert _flagged("3년간 25개월, 5배", "삼 년간 이십오 개월, 오 배") == []
+    assert _flagged("3년간 25개월, 5배", "사 년간") == ["사 년간"]
+
+
+def test_ordinary_words_are_not_numbers():
+    # 세계 (world), 한 연구 ('a study'), 이 세기 ('this century'), 세금 (tax), 네 생각 ('your thought'),
+    # 두 개인? no: 두 followed by 개인 ('individual') is not the counter 개; "2 개념" is 2 and then a noun.
+    text = "세계 여러 나라에서 한 연구가 이 세기의 세금 문제를 다루었다. 네 생각은 일부 맞다. 세 개인이 2 개념을 말했다."
+    assert [(f.text, f.kind) for f in extract_facts(text)] == [("2", "number")]
+
+
+def test_ranges_and_large_number_units():
+    assert [(f.text, f.kind) for f in extract_facts("1670~1671년, 3-5개, 10∼20%")] == [
+        ("1670~1671년", "year"), ("3-5개", "number"), ("10∼20%", "number")]
+    # Each end of a range must be supported, with the range's unit; the source's range supports its ends.
+    assert _flagged("1670~1671년에 간행되었다.", "1670년에 쓰고 1671년에 간행, 1672년에 재간") == ["1672년"]
+    assert _flagged("1670년과 1671년", "1670~1671년") == []
+    assert _flagged("1670년과 1671년", "1670~1672년") == ["1670~1672년"]
+    assert _flagged("10%에서 20%로 늘었다.", "10∼20%") == []
+    assert _flagged("10∼20%", "20년") == ["20년"]
+    assert _flagged("3개에서 5개", "3-5개") == []
+    # 만 and 억 multiply: 3만 명 = 30,000명, 1.2억 원 = 120,000,000원 = 1억 2천만 원.
+    assert _flagged("응답자 30,000명, 예산 120,000,000원", "3만 명이 1.2억 원을, 1억 2천만 원을") == []
+    assert _flagged("응답자 3만 명", "30000명") == []
+    assert _flagged("응답자 3명", "3만 명") == ["3만 명"]
+    assert _flagged("예산 1.2억 원", "1.2원") == ["1.2원"]
+
+
+def test_century_is_a_fact_of_its_own():
+    # 19세기 used to be read as 19 with the unit 세 (age) and so was supported by any 19.
+    assert extract_facts("19세기 말 19세의 청년") == [Fact("19세기", "century", 0, 4), Fact("19세", "number", 7, 10)]
+    assert _flagged("19세의 청년 19명", "19세기") == ["19세기"]
+    assert _flagged("19세기 말", "19세기 후반에 19세") == ["19세"]
+
+
+def test_terms_stay_flagged():
+    source = "'민족주의' 담론과 CNN 모형, 對句 표현을 분석하였다."
+    text = "'국가주의' 담론과 LSTM 모형, 對偶 표현, 그리고 새로운 초국가성 개념을 분석하였다."
+    # Invented quoted names, Latin and Hanja terms are flagged; an invented Hangul word (초국가성) is not caught.
+    assert _flagged(source, text) == ["'국가주의'", "LSTM", "對偶"]
+    assert _flagged(source, "'민족주의' 담론, cnn 모형, 對句") == []
+
+
+def test_faithfulness_keys_are_stable():
+    got = faithfulness("세 나라 1,200명", "3개국 1,200명, 4개국")
+    assert set(got) >= {"unsupported", "n_facts", "unsupported_rate", "coverage"}
+    # "3개국" 0-3, "1,200명" 4-10, "4개국" 12-15: only 4 countries is invented.
+    assert got["n_facts"] == 3 and got["unsupported_rate"] == pytest.approx(1 / 3)
+    assert got["unsupported"] == [{"text": "4개국", "kind": "number", "start": 12, "end": 15}]
+
+
 def test_coverage_by_hand():
     # Content morphemes of "학생이 학교에 간다.": 학생/NNG 학교/NNG 가/VV = {학생, 학교, 가}
     # of "학생이 도서관에 갔다.": {학생, 도서관, 가}; shared {학생, 가}: 2/3.

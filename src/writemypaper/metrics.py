@@ -1,7 +1,8 @@
 """Scores for generated abstracts: ROUGE over Korean morphemes (Kiwi) and a fact check against the summary.
 
 Google's rouge-score deletes Hangul before counting, so we tokenize with Kiwi and count n-grams ourselves.
-Used by `writemypaper evaluate`, which writes `score(...)` as scores.json; `report.py` renders it.
+Used by `writemypaper evaluate`, which writes `score(...)` (aggregates with paired bootstrap intervals) as scores.json;
+`report.py` renders it.
 """
 
 from __future__ import annotations
@@ -434,10 +435,114 @@ def faithfulness(source: str, text: str) -> dict:
 # Scoring a test set
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeL_char")
+FAITH_KEYS = ("unsupported_rate", "unsupported_rate_micro", "unsupported_per_sample", "coverage")
+# Every aggregate is a ratio of sums over samples, sum(numerator) / sum(denominator), so one bootstrap serves all:
+# a plain mean has denominator 1 per sample; the per-sample unsupported rate counts only samples with facts (a text
+# without facts is not perfect, it has nothing to check); the micro rate pools all facts; the loss pools all tokens.
+METRICS = ROUGE_KEYS + FAITH_KEYS + ("length_ratio", "loss")
+CONFIDENCE = 0.95
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
+def _ratio_terms(out: dict) -> dict[str, tuple[float, float]]:
+    """(numerator, denominator) of each metric for one sample's output (or reference_faithfulness)."""
+    n_unsupported, n_facts = len(out["unsupported"]), out["n_facts"]
+    terms = {
+        "unsupported_rate": (n_unsupported / n_facts, 1.0) if n_facts else (0.0, 0.0),
+        "unsupported_rate_micro": (float(n_unsupported), float(n_facts)),
+        "unsupported_per_sample": (float(n_unsupported), 1.0),
+        "coverage": (out["coverage"], 1.0),
+    }
+    for key in ROUGE_KEYS + ("length_ratio",):
+        if key in out:
+            terms[key] = (out[key], 1.0)
+    if out.get("loss_tokens"):  # written by `evaluate`: the loss of the model on this sample's reference
+        terms["loss"] = (out["loss"] * out["loss_tokens"], float(out["loss_tokens"]))
+    return terms
+
+
+def _columns(scores: dict) -> dict[str, dict[str, tuple]]:
+    """Per column (each model, then the reference), each metric's numerator and denominator arrays over samples."""
+    import numpy as np
+
+    rows = scores["samples"]
+    picks = {name: [r["outputs"][name] for r in rows] for name in scores["models"]}
+    picks["reference"] = [r["reference_faithfulness"] for r in rows]
+    out = {}
+    for name, outs in picks.items():
+        terms = [_ratio_terms(o) for o in outs]
+        keys = [k for k in METRICS if all(k in t for t in terms)]
+        out[name] = {k: (np.array([t[k][0] for t in terms]), np.array([t[k][1] for t in terms])) for k in keys}
+    return out
+
+
+def _ratio(num, den) -> float | None:
+    d = float(den.sum())
+    return float(num.sum()) / d if d else None
+
+
+def _boot(num, den, idx):
+    import numpy as np
+
+    d = den[idx].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(d > 0, num[idx].sum(axis=1) / d, np.nan)
+
+
+def _ci(values) -> list[float] | None:
+    import numpy as np
+
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return None
+    tail = (1 - CONFIDENCE) / 2 * 100
+    return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+
+def _intervals(columns: dict, models: list[str], n_samples: int, n_resamples: int, seed: int) -> dict:
+    """Percentile bootstrap over samples. Every column is computed on the same resamples, so a difference between
+    two columns keeps the pairing of their samples (the paired bootstrap)."""
+    import numpy as np
+
+    idx = np.random.default_rng(seed).integers(0, n_samples, size=(n_resamples, n_samples))
+    boots = {name: {k: _boot(num, den, idx) for k, (num, den) in cols.items()} for name, cols in columns.items()}
+    points = {name: {k: _ratio(num, den) for k, (num, den) in cols.items()} for name, cols in columns.items()}
+    # Later column minus earlier (tuned - base, grounded - plain), and each model minus the human reference.
+    pairs = [(models[j], models[i]) for i in range(len(models)) for j in range(i + 1, len(models))]
+    pairs += [(m, "reference") for m in models]
+    differences = []
+    for a, b in pairs:
+        diffs = {}
+        for k in boots[a].keys() & boots[b].keys():
+            if points[a][k] is not None and points[b][k] is not None:
+                diffs[k] = {"difference": points[a][k] - points[b][k], "ci95": _ci(boots[a][k] - boots[b][k])}
+        differences.append({"a": a, "b": b, "metrics": {k: diffs[k] for k in METRICS if k in diffs}})
+    return {
+        "method": f"percentile bootstrap over samples, {n_resamples} resamples (seed {seed}), {CONFIDENCE:.0%} "
+                  "intervals; differences are a - b on the same resamples (paired)",
+        "n_resamples": n_resamples,
+        "seed": seed,
+        "confidence": CONFIDENCE,
+        "models": {name: {k: _ci(v) for k, v in b.items()} for name, b in boots.items()},
+        "differences": differences,
+    }
+
+
+def summarise(scores: dict, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """(Re)compute `aggregate` and `intervals` from scores["samples"]; `evaluate` calls it again after adding each
+    sample's loss. Returns `scores`, updated in place."""
+    import math
+
+    columns = _columns(scores)
+    aggregate = {}
+    for name, cols in columns.items():
+        agg = {k: _ratio(num, den) for k, (num, den) in cols.items()}
+        agg["n_no_facts"] = int((cols["unsupported_rate_micro"][1] == 0).sum())
+        if agg.get("loss") is not None:
+            agg["perplexity"] = math.exp(agg["loss"]) if agg["loss"] < 50 else None
+        aggregate[name] = agg
+    scores["aggregate"] = aggregate
+    scores["intervals"] = _intervals(columns, scores["models"], scores["n_samples"], n_resamples, seed)
+    return scores
 
 
 def _check(samples: list[dict], predictions: dict[str, list[str]]) -> None:
@@ -458,11 +563,13 @@ def _check(samples: list[dict], predictions: dict[str, list[str]]) -> None:
             raise UserError(f"model '{name}': prediction {bad[0]} is {type(preds[bad[0]]).__name__}, not text")
 
 
-def score(samples: list[dict], predictions: dict[str, list[str]]) -> dict:
+def score(samples: list[dict], predictions: dict[str, list[str]], n_resamples: int = 1000, seed: int = 0) -> dict:
     """Score every model's predictions against the references, and fact-check them against the summaries.
 
     The reference itself is fact-checked the same way (reference vs summary) as the yardstick: a human abstract
     also adds facts that the summary lacks. Texts are stored NFC-normalised so that fact offsets index them.
+    Model names are free (evaluate uses "tuned · grounded"), except "reference". `aggregate` and the bootstrap
+    `intervals` come from `summarise`.
     """
     _check(samples, predictions)
     models = list(predictions)
@@ -479,6 +586,7 @@ def score(samples: list[dict], predictions: dict[str, list[str]]) -> dict:
                 **faithfulness(summary, pred),
             }
         rows.append({
+            **({"id": s["id"]} if s.get("id") is not None else {}),  # an input's own id, next to its doc_id
             "doc_id": s.get("doc_id"),
             "ipc": s.get("ipc"),
             "summary": summary,
@@ -487,26 +595,5 @@ def score(samples: list[dict], predictions: dict[str, list[str]]) -> dict:
             "outputs": outputs,
         })
 
-    def faith_means(items: list[dict]) -> dict:
-        return {
-            "unsupported_rate": _mean([f["unsupported_rate"] for f in items]),
-            "unsupported_per_sample": _mean([len(f["unsupported"]) for f in items]),
-            "coverage": _mean([f["coverage"] for f in items]),
-        }
-
-    aggregate = {}
-    for name in models:
-        outs = [r["outputs"][name] for r in rows]
-        aggregate[name] = {
-            **{k: _mean([o[k] for o in outs]) for k in ROUGE_KEYS},
-            **faith_means(outs),
-            "length_ratio": _mean([o["length_ratio"] for o in outs]),
-        }
-    aggregate["reference"] = faith_means([r["reference_faithfulness"] for r in rows])
-    return {
-        "tokenization": TOKENIZATION,
-        "models": models,
-        "n_samples": len(rows),
-        "aggregate": aggregate,
-        "samples": rows,
-    }
+    scores = {"tokenization": TOKENIZATION, "models": models, "n_samples": len(rows), "samples": rows}
+    return summarise(scores, n_resamples=n_resamples, seed=seed)

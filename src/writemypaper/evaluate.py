@@ -219,13 +219,18 @@ def _test_samples(cfg, data: str) -> list[dict]:
     return [{"doc_id": r["doc_id"], "ipc": r["ipc"], "summary": r["summary"], "reference": r["original"]} for r in ds]
 
 
-def _generate_all(cfg, models: dict[str, str], samples: list[dict], progress: bool):
-    """Each model writes every summary once per decoding; its loss on the references is computed once."""
-    from writemypaper.generate import Generator, settings_from_config
+def plan_decodings(cfg) -> list[tuple[Decoding, object]]:
+    """Each configured decoding with its generation settings, checked before any data or model loads."""
+    from writemypaper.generate import settings_from_config
 
     base = settings_from_config(cfg)
-    # Every decoding is checked before the first model loads.
-    plans = [(d, decoding_settings(base, d)) for d in parse_decodings(cfg.get("decodings") or ["plain"])]
+    return [(d, decoding_settings(base, d)) for d in parse_decodings(cfg.get("decodings") or ["plain"])]
+
+
+def _generate_all(cfg, models: dict[str, str], samples: list[dict], plans: list, progress: bool):
+    """Each model writes every summary once per decoding; its loss on the references is computed once."""
+    from writemypaper.generate import Generator
+
     summaries = [s["summary"] for s in samples]
     preds: dict[str, list[str]] = {}
     columns: dict[str, dict] = {}
@@ -273,8 +278,9 @@ def evaluate(cfg, out: str, models: dict[str, str] | None = None, data: str | No
     else:
         if data is None:
             raise UserError("--models needs --data PREPARED_DIR (the test split is generated for)")
+        plans = plan_decodings(cfg)
         samples = _test_samples(cfg, data)
-        preds, columns, losses = _generate_all(cfg, models, samples, progress)
+        preds, columns, losses = _generate_all(cfg, models, samples, plans, progress)
     scores = metrics.score(samples, preds, n_resamples=n_resamples, seed=cfg.seed)
     if losses:
         for column, info in columns.items():

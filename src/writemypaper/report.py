@@ -355,7 +355,7 @@ def write_report(scores: dict, path, log_history: list[dict] | None = None,
     if intervals:
         parts += ['<section id="differences"><h2>Paired differences</h2>', _differences_table(scores),
                   '<p class="note">a − b on the same samples, with its 95% interval; bold where the interval excludes '
-                  "0. For the unsupported-fact rows lower is better, for the others higher (loss: lower).</p>"
+                  "0. Lower is better for the unsupported facts and the loss, higher for the others.</p>"
                   "</section>"]
     parts += ['<section id="distributions"><h2>Distributions</h2>',
               f'<div class="plot">{_distributions_svg(scores)}</div></section>']

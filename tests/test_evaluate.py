@@ -123,6 +123,14 @@ def test_bad_settings_fail_before_any_model_loads(tmp_path):
                  models={"m": "no/such/model"}, data=str(tmp_path / "none"))
 
 
+def test_decodings_flag_reaches_the_config(tmp_path, capsys):
+    # --decodings replaces the config's list; a bad one fails in one line, naming it, before any data is read.
+    code = main(["evaluate", "--models", "m=no/such/model", "--data", str(tmp_path / "none"), "--out",
+                 str(tmp_path / "e"), "--decodings", "plain", "best+4"])
+    err = capsys.readouterr().err
+    assert code != 0 and err.count("\n") == 1 and "decoding 'best+4'" in err
+
+
 def test_each_model_generates_once_per_decoding(tiny_gemma2_dir, short_prepared, tmp_path):
     # A tiny random Gemma 2: its text is noise, but the loop, the columns, the seeds and the loss are real.
     cfg = config.load_config("evaluate", [

@@ -253,6 +253,9 @@ def test_ranges_and_large_number_units():
     assert _flagged("10%에서 20%로 늘었다.", "10∼20%") == []
     assert _flagged("10∼20%", "20년") == ["20년"]
     assert _flagged("3개에서 5개", "3-5개") == []
+    # A range between dates keeps each end's unit: 2월 and 2020년, not one odd unit "월~2020년".
+    assert _flagged("2019년 2월부터 2020년 1월까지", "2019년 2월~2020년 1월") == []
+    assert _flagged("2019년 2월부터 2020년 1월까지", "2019년 3월~2020년 1월") == ["3월~2020년"]
     # 만 and 억 multiply: 3만 명 = 30,000명, 1.2억 원 = 120,000,000원 = 1억 2천만 원.
     assert _flagged("응답자 30,000명, 예산 120,000,000원", "3만 명이 1.2억 원을, 1억 2천만 원을") == []
     assert _flagged("응답자 3만 명", "30000명") == []

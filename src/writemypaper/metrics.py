@@ -266,6 +266,12 @@ def _quantity_re() -> re.Pattern:
     return re.compile(rf"(?P<numeric>{_NUMERIC})|(?P<native>{_NATIVE_RE})|(?P<sino>{_SINO_RE})")
 
 
+@functools.cache
+def _range_re() -> re.Pattern:
+    end = rf"(?:{_AMOUNT})(?:{_UNIT})?"
+    return re.compile(rf"(?P<a>{end})(?:{_RANGE_SEP}(?P<b>{end}))?")
+
+
 _NUM_RE = re.compile(_DEC)
 _ENDPOINT_RE = re.compile(rf"(?P<amount>{_AMOUNT})\s?(?P<unit>.*)", re.S)
 _SCALED_RE = re.compile(rf"({_DEC})({_SCALE})?")
@@ -301,9 +307,10 @@ def _sino_value(text: str) -> int:
 def _claims(kind: str, span: str) -> tuple[Claim, ...] | None:
     """The value(s) a numeric match claims, each with its unit; None for a match that is no number after all."""
     if kind == "numeric":
-        # A range's unit is written once, mostly at its end (3-5개), sometimes at its start (10%~20).
-        parts = [_endpoint(p) for p in re.split(_RANGE_SEP, span, maxsplit=1)] if re.search(
-            rf"[0-9%]{_RANGE_SEP}[0-9.]", span) else [_endpoint(span)]
+        m = _range_re().fullmatch(span)
+        parts = [_endpoint(m["a"]), _endpoint(m["b"])] if m and m["b"] else [_endpoint(span)]
+        # A range's unit is written once, mostly at its end (3-5개), sometimes at its start (10%~20); a range of
+        # dates keeps each end's own (2019년 2월~2020년 1월 holds the range 2월~2020년).
         shared = parts[-1][1] or parts[0][1]
         return tuple((v, u or shared) for v, u in parts)
     if kind == "native":

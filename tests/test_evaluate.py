@@ -65,7 +65,8 @@ def test_grounded_and_candidates_reach_the_generator_or_are_refused():
     if {"grounded", "candidates"} <= HAS:
         s = decoding_settings(base, Decoding("grounded+4", True, 4))
         assert (s.grounded, s.candidates, s.do_sample) == (True, 4, True)  # best of N samples
-        assert describe(vars(s)).endswith("best of 4 by the fact check, repetition penalty 1.15, up to 512 new tokens")
+        text = describe(vars(s))
+        assert text.startswith("sampled (") and "numbers grounded in the summary, best of 4 by the fact check" in text
         assert decoding_settings(base, Decoding("plain")).grounded is False
         with pytest.raises(UserError, match="need temperature > 0"):
             decoding_settings(GenerationSettings(temperature=0.0), Decoding("g+2", True, 2))

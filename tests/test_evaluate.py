@@ -130,6 +130,10 @@ def test_decodings_flag_reaches_the_config(tmp_path, capsys):
                  str(tmp_path / "e"), "--decodings", "plain", "best+4"])
     err = capsys.readouterr().err
     assert code != 0 and err.count("\n") == 1 and "decoding 'best+4'" in err
+    # A key=value after the decodings is a config override, not a decoding.
+    code = main(["evaluate", "--models", "m=no/such/model", "--data", str(tmp_path / "none"), "--out",
+                 str(tmp_path / "e"), "--decodings", "plain", "bootstrap=5"])
+    assert code != 0 and "bootstrap=5: give a whole number" in capsys.readouterr().err
 
 
 def test_each_model_generates_once_per_decoding(tiny_gemma2_dir, short_prepared, tmp_path):

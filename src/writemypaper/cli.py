@@ -106,11 +106,13 @@ def _cmd_generate(a: argparse.Namespace) -> int:
 def _cmd_evaluate(a: argparse.Namespace) -> int:
     from writemypaper import config, evaluate
 
-    cfg = config.load_config(a.config, a.overrides, kind="evaluate")
+    # `--decodings plain grounded n_samples=9` would swallow the override: take key=value items back out.
+    extra, decodings = _split_overrides(a.decodings or [])
+    cfg = config.load_config(a.config, [*a.overrides, *extra], kind="evaluate")
     if a.n is not None:
         cfg.n_samples = a.n
-    if a.decodings is not None:
-        cfg.decodings = a.decodings
+    if decodings:
+        cfg.decodings = decodings
     models = evaluate.parse_models(a.models) if a.models else None
     scores = evaluate.evaluate(cfg, out=a.out, models=models, data=a.data, predictions=a.predictions)
     print(evaluate.summary_table(scores))

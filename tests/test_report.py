@@ -138,7 +138,8 @@ def test_columns_intervals_and_differences(scores, tmp_path):
                                      "the summary, best of 4 by the fact check", "output_tokens_per_s": 3.25}}}
     page = write_report(scored, tmp_path / "r.html").read_text(encoding="utf-8")
     columns = page[page.index('<section id="columns">'):page.index('<section id="aggregate">')]
-    assert "<td>base</td><td>gemma3-270m</td><td>plain</td><td>greedy, numbers unconstrained</td><td>12.5</td>" in columns
+    assert ("<td>base</td><td>gemma3-270m</td><td>plain</td><td>greedy, numbers unconstrained</td><td>12.5</td>"
+            in columns)
     assert "best of 4 by the fact check" in columns and "tuned&lt;v2&gt;" in columns
     # ROUGE-L cells carry their interval; "tuned<v2>" copied sample 1's reference (1.0) and kept sample 2's words.
     row = re.search(r"<tr><td>ROUGE-L F1 \(morphemes\)</td>(.*?)</tr>", page).group(1)

@@ -219,7 +219,8 @@ _UNIT = (
 )
 _RANGE_SEP = r"\s?[~∼〜～–—-]\s?"
 # Not inside a number: after a digit and a point is the decimal part, after a sentence's full stop a new number.
-_NUMERIC = (rf"(?<![0-9,])(?<![0-9]\.)(?:{_AMOUNT})(?:{_UNIT})?(?:{_RANGE_SEP}(?:{_AMOUNT})(?:{_UNIT})?)?(?![A-Za-z0-9])")
+_NUMERIC = (rf"(?<![0-9,])(?<![0-9]\.)(?:{_AMOUNT})(?:{_UNIT})?(?:{_RANGE_SEP}(?:{_AMOUNT})(?:{_UNIT})?)?"
+            r"(?![A-Za-z0-9])")
 
 # Native Korean numerals count only before a counter or a countable noun (세 나라, 두 차례, 다섯 가지): alone they
 # are ordinary words (세 = 'three' but also 'tax', 네 = 'yes'). 한 is 'one' but mostly 'a' (한 연구), so it counts

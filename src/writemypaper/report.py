@@ -36,7 +36,8 @@ _METRICS = [
 _PLOTTED = [("rougeL", "ROUGE-L F1 (morphemes)"), ("rougeL_char", "ROUGE-L F1 (characters)"),
             ("unsupported_rate", "Unsupported facts / facts"), ("coverage", "Coverage of the summary")]
 # Columns of the differences table: the metrics a decoding setting is meant to move, and what it must not cost.
-_COMPARED = [("rougeL", "ROUGE-L"), ("rougeL_char", "ROUGE-L chars"), ("unsupported_rate_micro", "unsupported (pooled)"),
+_COMPARED = [("rougeL", "ROUGE-L"), ("rougeL_char", "ROUGE-L chars"),
+             ("unsupported_rate_micro", "unsupported (pooled)"),
              ("unsupported_per_sample", "unsupported / sample"), ("coverage", "coverage"), ("loss", "loss")]
 _YARDSTICK = "reference"
 _KIND_NAMES = {"quoted": "quoted term", "latin": "Latin-script term", "hanja": "Hanja term"}
@@ -289,7 +290,7 @@ def _sample(i: int, s: dict, models: list[str]) -> str:
             f"R-L chars {_num(o['rougeL_char'])}<br>unsupported {len(o['unsupported'])}/{o['n_facts']} · "
             f"coverage {_num(o['coverage'], 2)} · length {_num(o['length_ratio'], 2)}",
         ))
-    head = " · ".join(html.escape(str(x)) for x in (s.get("id"), s.get("doc_id"), s.get("ipc")) if x is not None and x != "")
+    head = " · ".join(html.escape(str(x)) for x in (s.get("id"), s.get("doc_id"), s.get("ipc")) if x not in (None, ""))
     body = "".join(
         f'<div class="cell"><h4>{html.escape(name)}</h4><p class="text">{text}</p>'
         + (f'<div class="scores">{small}</div>' if small else "") + "</div>"

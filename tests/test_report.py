@@ -173,3 +173,15 @@ def test_sample_table_is_capped_worst_and_best_first(tmp_path):
     many = score(samples * 30, {"m": preds * 30}, n_resamples=100)
     big = write_report(many, tmp_path / "big.html", max_samples=4).read_text(encoding="utf-8")
     assert big.count('<article class="sample"') == 4 and len(big) < 1.5 * len(page)
+
+
+def test_texts_without_facts_get_no_rate(tmp_path):
+    # Neither the output nor the reference has a fact: no rate to show (not a perfect 0), one sample without facts.
+    s = score([{"summary": "학생이 학교에 간다.", "reference": "학생이 학교에 간다."}], {"m": ["학생이 도서관에 갔다."]},
+              n_resamples=100)
+    assert s["aggregate"]["m"]["unsupported_rate"] is None
+    page = write_report(s, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<tr><td>Unsupported facts / facts" not in page
+    row = re.search(r"<tr><td>Samples without facts</td>(.*?)</tr>", page).group(1)
+    assert re.findall(r"<td[^>]*>(\d+)", row) == ["1", "1"]
+    assert page.count("<svg") == 1  # the distributions still draw, with an empty box for the rate

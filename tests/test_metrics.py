@@ -195,6 +195,97 @@ def test_unsupported_facts_flags_only_invented_figures():
     assert [f.text for f in unsupported_facts("CNNs", "CNN")] == ["CNN"]  # Latin terms match whole words
 
 
+def _flagged(source: str, text: str) -> list[str]:
+    return [f.text for f in unsupported_facts(source, text)]
+
+
+def test_numbers_match_with_their_unit():
+    # 27.3% is a share, 27.3년 a duration; 3배 a ratio, 3개 a count: the same digits make different claims.
+    assert _flagged("응답자의 27.3%가 3배 증가하였다.", "27.3년 동안 3개가 늘었다.") == ["27.3년", "3개"]
+    assert _flagged("응답자의 27.3%가 3배 증가하였다.", "27.3퍼센트가 3배로 늘었다.") == []  # spellings of one unit
+    # A bare number claims no unit, so the text may drop it; a bare source number (n=1,234, 23.4 in a table)
+    # supports its value with any unit.
+    assert _flagged("응답자의 27.3%가 응답하였다.", "27.3이 응답하였다.") == []
+    assert _flagged("응답률은 23.4였다(n=1,234).", "23.4%가 응답하였고 1,234명이었다.") == []
+    assert _flagged("25°C에서 3.5 mg/L였다.", "25℃에서 3.5㎎/L였다.") == ["3.5㎎"]  # ㎎/L is not one unit symbol
+    assert _flagged("25°C에서 3.5 mg를 넣었다.", "25℃에서 3.5㎎을 넣었다.") == []
+    # 3%p (a difference of percentages) is not 3%.
+    assert _flagged("지지율이 3%p 올랐다.", "지지율이 3% 올랐다.") == ["3%"]
+
+
+def test_decimals_normalise():
+    assert [f.text for f in extract_facts("유의수준은 p<.05였다.")] == [".05"]
+    assert _flagged("유의수준 0.05에서", "p<.05로 유의하였다.") == []
+    assert _flagged("p<.05로 유의하였다.", "유의수준 0.050에서") == []
+    assert _flagged("p<.05로 유의하였다.", "유의수준 0.5에서") == ["0.5"]
+    # A full stop that ends a Korean sentence does not start a decimal.
+    assert [f.text for f in extract_facts("결과였다.5개 집단")] == ["5개"]
+
+
+def test_korean_numerals_count():
+    # 세 나라 claims 3 countries: 3개국 and 세 나라 support each other; 3개 (things) and 3명 (people) do not.
+    facts = extract_facts("한ㆍ중ㆍ일 세 나라의 대학생")
+    assert facts == [Fact("세 나라", "number", 6, 10)]
+    assert _flagged("한ㆍ중ㆍ일 세 나라의 대학생", "3개국, 3개, 3명, 세 나라, 네 나라") == ["3개", "3명", "네 나라"]
+    assert _flagged("3개국을 비교하였다.", "세 나라를 비교하였다.") == []
+    assert _flagged("두 차례 조사하였다.", "2회 조사하고 다섯 가지 요인을 보았다.") == ["다섯 가지"]
+    assert _flagged("열두 명이 참여하였다.", "12명이 참여하였다.") == []
+    # Sino-Korean numerals count before units that leave no other reading.
+    assert [f.text for f in extract_facts("삼 년간 이십오 개월, 오 배")] == ["삼 년간", "이십오 개월", "오 배"]
+    assert _flagged("3년간 25개월, 5배", "삼 년간 이십오 개월, 오 배") == []
+    assert _flagged("3년간 25개월, 5배", "사 년간") == ["사 년간"]
+
+
+def test_ordinary_words_are_not_numbers():
+    # 세계 (world), 한 연구 ('a study'), 이 세기 ('this century'), 세금 (tax), 네 생각 ('your thought'), 일부
+    # ('part'), 세 개인 (개인 'individual' is no counter 개); "2 개념" is the number 2 and then a noun.
+    text = "세계 여러 나라에서 한 연구가 이 세기의 세금 문제를 다루었다. 네 생각은 일부 맞다. 세 개인이 2 개념을 말했다."
+    assert [(f.text, f.kind) for f in extract_facts(text)] == [("2", "number")]
+
+
+def test_ranges_and_large_number_units():
+    assert [(f.text, f.kind) for f in extract_facts("1670~1671년, 3-5개, 10∼20%")] == [
+        ("1670~1671년", "year"), ("3-5개", "number"), ("10∼20%", "number")]
+    # Each end of a range must be supported, with the range's unit; the source's range supports its ends.
+    assert _flagged("1670~1671년에 간행되었다.", "1670년에 쓰고 1671년에 간행, 1672년에 재간") == ["1672년"]
+    assert _flagged("1670년과 1671년", "1670~1671년") == []
+    assert _flagged("1670년과 1671년", "1670~1672년") == ["1670~1672년"]
+    assert _flagged("10%에서 20%로 늘었다.", "10∼20%") == []
+    assert _flagged("10∼20%", "20년") == ["20년"]
+    assert _flagged("3개에서 5개", "3-5개") == []
+    # A range between dates keeps each end's unit: 2월 and 2020년, not one odd unit "월~2020년".
+    assert _flagged("2019년 2월부터 2020년 1월까지", "2019년 2월~2020년 1월") == []
+    assert _flagged("2019년 2월부터 2020년 1월까지", "2019년 3월~2020년 1월") == ["3월~2020년"]
+    # 만 and 억 multiply: 3만 명 = 30,000명, 1.2억 원 = 120,000,000원 = 1억 2천만 원.
+    assert _flagged("응답자 30,000명, 예산 120,000,000원", "3만 명이 1.2억 원을, 1억 2천만 원을") == []
+    assert _flagged("응답자 3만 명", "30000명") == []
+    assert _flagged("응답자 3명", "3만 명") == ["3만 명"]
+    assert _flagged("예산 1.2억 원", "1.2원") == ["1.2원"]
+
+
+def test_century_is_a_fact_of_its_own():
+    # 19세기 used to be read as 19 with the unit 세 (age) and so was supported by any 19.
+    assert extract_facts("19세기 말 19세의 청년") == [Fact("19세기", "century", 0, 4), Fact("19세", "number", 7, 10)]
+    assert _flagged("19세의 청년 19명", "19세기") == ["19세기"]
+    assert _flagged("19세기 말", "19세기 후반에 19세") == ["19세"]
+
+
+def test_terms_stay_flagged():
+    source = "'민족주의' 담론과 CNN 모형, 對句 표현을 분석하였다."
+    text = "'국가주의' 담론과 LSTM 모형, 對偶 표현, 그리고 새로운 초국가성 개념을 분석하였다."
+    # Invented quoted names, Latin and Hanja terms are flagged; an invented Hangul word (초국가성) is not caught.
+    assert _flagged(source, text) == ["'국가주의'", "LSTM", "對偶"]
+    assert _flagged(source, "'민족주의' 담론, cnn 모형, 對句") == []
+
+
+def test_faithfulness_keys_are_stable():
+    got = faithfulness("세 나라 1,200명", "3개국 1,200명, 4개국")
+    assert set(got) >= {"unsupported", "n_facts", "unsupported_rate", "coverage"}
+    # "3개국" 0-3, "1,200명" 4-10, "4개국" 12-15: only 4 countries is invented.
+    assert got["n_facts"] == 3 and got["unsupported_rate"] == pytest.approx(1 / 3)
+    assert got["unsupported"] == [{"text": "4개국", "kind": "number", "start": 12, "end": 15}]
+
+
 def test_coverage_by_hand():
     # Content morphemes of "학생이 학교에 간다.": 학생/NNG 학교/NNG 가/VV = {학생, 학교, 가}
     # of "학생이 도서관에 갔다.": {학생, 도서관, 가}; shared {학생, 가}: 2/3.
@@ -232,22 +323,24 @@ def test_score_shape_and_aggregates():
     assert got["tokenization"] == metrics.TOKENIZATION
     assert got["models"] == ["copy", "tuned"] and got["n_samples"] == 2
     assert set(got["aggregate"]) == {"copy", "tuned", "reference"}
-    keys = {"rouge1", "rouge2", "rougeL", "rougeL_char", "unsupported_rate", "unsupported_per_sample", "coverage",
-            "length_ratio"}
-    assert set(got["aggregate"]["copy"]) == keys == set(got["aggregate"]["tuned"])
-    assert set(got["aggregate"]["reference"]) == {"unsupported_rate", "unsupported_per_sample", "coverage"}
+    faith = {"unsupported_rate", "unsupported_rate_micro", "unsupported_per_sample", "coverage"}
+    keys = {"rouge1", "rouge2", "rougeL", "rougeL_char", "length_ratio"} | faith
+    assert set(got["aggregate"]["copy"]) == keys | {"n_no_facts"} == set(got["aggregate"]["tuned"])
+    assert set(got["aggregate"]["reference"]) == faith | {"n_no_facts"}
     s = got["samples"][1]
     assert (s["doc_id"], s["ipc"], s["summary"], s["reference"]) == tuple(SAMPLES[1].values())
-    assert set(s["outputs"]["tuned"]) == keys - {"unsupported_per_sample"} | {"prediction", "unsupported", "n_facts"}
+    assert set(s["outputs"]["tuned"]) == keys - faith | {"prediction", "unsupported", "n_facts", "unsupported_rate",
+                                                         "coverage"}
 
-    # Yardstick: reference A has no facts (rate 0) and keeps the summary (coverage 1); reference B adds 1990년 to the
-    # summary's 23.4%: 1 of 2 facts unsupported (rate 0.5), coverage 1.
-    assert got["aggregate"]["reference"] == {"unsupported_rate": 0.25, "unsupported_per_sample": 0.5, "coverage": 1.0}
+    # Yardstick: reference A has no facts (left out of the rate, counted in n_no_facts) and keeps the summary
+    # (coverage 1); reference B adds 1990년 to the summary's 23.4%: 1 of 2 facts unsupported, coverage 1.
+    assert got["aggregate"]["reference"] == {"unsupported_rate": 0.5, "unsupported_rate_micro": 0.5,
+                                             "unsupported_per_sample": 0.5, "coverage": 1.0, "n_no_facts": 1}
     # "copy" reproduces the references: ROUGE 1, and the same faithfulness as the yardstick.
     copy = got["aggregate"]["copy"]
     assert {k: copy[k] for k in ("rouge1", "rouge2", "rougeL", "rougeL_char", "length_ratio")} == dict.fromkeys(
         ("rouge1", "rouge2", "rougeL", "rougeL_char", "length_ratio"), 1.0)
-    assert (copy["unsupported_rate"], copy["unsupported_per_sample"], copy["coverage"]) == (0.25, 0.5, 1.0)
+    assert (copy["unsupported_rate"], copy["unsupported_per_sample"], copy["coverage"]) == (0.5, 0.5, 1.0)
 
     # "tuned", sample A: the hand-worked pair above (8/13, 4/11, 8/13, 12/19); no facts; coverage 2/3;
     #   length 12/11 characters.
@@ -261,7 +354,9 @@ def test_score_shape_and_aggregates():
     assert tuned["rouge2"] == pytest.approx((4 / 11 + 8 / 10) / 2)
     assert tuned["rougeL"] == pytest.approx((8 / 13 + 10 / 11) / 2)
     assert tuned["rougeL_char"] == pytest.approx((12 / 19 + 19 / 22) / 2)
-    assert tuned["unsupported_rate"] == pytest.approx(0.5)
+    # Sample A has no facts, so the rate is sample B's alone: 2 of 2 unsupported.
+    assert tuned["unsupported_rate"] == tuned["unsupported_rate_micro"] == pytest.approx(1.0)
+    assert tuned["n_no_facts"] == 1
     assert tuned["unsupported_per_sample"] == pytest.approx(1.0)
     assert tuned["coverage"] == pytest.approx(2 / 3)
     assert tuned["length_ratio"] == pytest.approx((12 / 11 + 1) / 2)
@@ -269,6 +364,66 @@ def test_score_shape_and_aggregates():
     assert [u["text"] for u in out["unsupported"]] == ["1990년", "45.2%"] and out["n_facts"] == 2
     for u in out["unsupported"]:
         assert out["prediction"][u["start"] : u["end"]] == u["text"]
+
+
+def test_micro_rate_pools_facts_and_no_fact_samples_are_left_out():
+    summary = "응답자 10명의 23.4%가 지지하였다."
+    samples = [{"summary": summary, "reference": summary}] * 3
+    # sample 1: 1 fact, unsupported (1/1); sample 2: 3 facts, 1 unsupported (1/3); sample 3: no facts.
+    preds = {"m": ["응답자 11명이 지지하였다.", "응답자 10명의 23.4%와 45.2%가 지지하였다.", "응답자가 지지하였다."]}
+    agg = score(samples, preds, n_resamples=50)["aggregate"]["m"]
+    assert agg["unsupported_rate"] == pytest.approx((1 + 1 / 3) / 2)  # per-sample mean over samples with facts
+    assert agg["unsupported_rate_micro"] == pytest.approx(2 / 4)  # all facts pooled
+    assert agg["unsupported_per_sample"] == pytest.approx(2 / 3)  # over all samples
+    assert agg["n_no_facts"] == 1
+    none = score(samples[:1], {"m": ["응답자가 지지하였다."]}, n_resamples=50)
+    assert none["aggregate"]["m"]["unsupported_rate"] is None and none["aggregate"]["m"]["n_no_facts"] == 1
+    assert none["intervals"]["models"]["m"]["unsupported_rate"] is None
+
+
+def test_bootstrap_intervals_by_hand():
+    # Two samples whose ROUGE-1 is 1 and 0: a resample of two has mean 0, 0.5 or 1 with chances 1/4, 1/2, 1/4, so
+    # the 2.5th and 97.5th percentiles of 1000 resamples are 0 and 1.
+    samples = [{"summary": REF, "reference": REF}, {"summary": "경제 성장", "reference": "경제 성장"}]
+    got = score(samples, {"m": [REF, "정치 변화"]})
+    assert got["intervals"]["models"]["m"]["rouge1"] == [0.0, 1.0]
+    assert got["intervals"]["n_resamples"] == 1000 and got["intervals"]["confidence"] == 0.95
+    assert "paired" in got["intervals"]["method"]
+
+
+def test_paired_difference_keeps_samples_together():
+    # Model b invents exactly one more number than model a on every sample, while the samples themselves differ a
+    # lot (0 to 3 invented numbers). Resampled together, the difference is 1 in every resample: its interval is
+    # [1, 1], though each model's own interval is wide. An unpaired bootstrap would give a wide difference too.
+    summary = "응답자 10명이 지지하였다."
+    extra = ["", " 21명", " 21명 22명", " 21명 22명 23명"]
+    samples = [{"doc_id": str(i), "summary": summary, "reference": summary} for i in range(4)]
+    preds = {"a": [f"응답자 10명{e}" for e in extra], "b": [f"응답자 10명{e} 99명" for e in extra]}
+    got = score(samples, preds, n_resamples=500, seed=1)
+    lo, hi = got["intervals"]["models"]["a"]["unsupported_per_sample"]
+    assert hi - lo >= 1.5
+    (diff,) = [d for d in got["intervals"]["differences"] if (d["a"], d["b"]) == ("b", "a")]
+    assert diff["metrics"]["unsupported_per_sample"] == {"difference": 1.0, "ci95": [1.0, 1.0]}
+    # Every model is also compared with the human reference (model - reference), on the fact metrics it has.
+    vs_ref = [d for d in got["intervals"]["differences"] if d["b"] == "reference"]
+    assert [d["a"] for d in vs_ref] == ["a", "b"] and "rouge1" not in vs_ref[0]["metrics"]
+    assert vs_ref[0]["metrics"]["unsupported_per_sample"]["difference"] == pytest.approx(1.5)
+    # Seeded: the same seed gives the same intervals.
+    assert score(samples, preds, n_resamples=500, seed=1)["intervals"] == got["intervals"]
+
+
+def test_summarise_pools_the_loss_over_tokens():
+    got = score(SAMPLES, PREDICTIONS, n_resamples=50)
+    # evaluate writes each sample's loss per token and its token count; the aggregate weights by tokens.
+    for row, (loss, n) in zip(got["samples"], [(1.0, 10), (2.0, 30)]):
+        row["outputs"]["tuned"].update(loss=loss, loss_tokens=n)
+    metrics.summarise(got, n_resamples=50)
+    agg = got["aggregate"]["tuned"]
+    assert agg["loss"] == pytest.approx((10 * 1.0 + 30 * 2.0) / 40)
+    assert agg["perplexity"] == pytest.approx(2.718281828 ** 1.75)
+    assert "loss" not in got["aggregate"]["copy"]
+    lo, hi = got["intervals"]["models"]["tuned"]["loss"]
+    assert 1.0 <= lo <= agg["loss"] <= hi <= 2.0
 
 
 def test_score_stores_nfc_text_and_is_json_ready():

@@ -76,7 +76,12 @@ def test_tokenization_table_and_best_values(page, scores):
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
     assert cells[1].startswith("<strong>") and not cells[0].startswith("<strong>")
     assert cells[2] == "—"  # the yardstick has no ROUGE
-    assert re.search(r"<tr><td>Unsupported facts / facts</td>.*?<td class=\"yardstick\">0\.250</td></tr>", page)
+    # The yardstick: reference D-2 adds 1990년 to the summary's 23.4%: 1 of 2 facts pooled; D-1 has no facts.
+    row = re.search(r"<tr><td>Unsupported facts / facts \(all facts pooled\)</td>(.*?)</tr>", page).group(1)
+    assert '<td class="yardstick">0.500<span class="ci">[0.500, 0.500]</span></td>' in row
+    row = re.search(r"<tr><td>Samples without facts</td>(.*?)</tr>", page).group(1)
+    # Both models wrote sample D-1 without a fact, like its reference.
+    assert re.findall(r"<td[^>]*>(\d+)", row) == ["1", "1", "1"]
     assert "<tr><td>Perplexity</td><td>6.69</td><td><strong>6.05</strong></td>" in page
 
 
@@ -122,3 +127,61 @@ def test_report_is_written_atomically(scores, tmp_path):
     path = write_report(scores, tmp_path / "sub" / "report.html", title="평가 <1>")
     assert path.exists() and [p.name for p in path.parent.iterdir()] == ["report.html"]
     assert "<title>평가 &lt;1&gt;</title>" in path.read_text(encoding="utf-8")
+
+
+def test_columns_intervals_and_differences(scores, tmp_path):
+    scored = {**scores, "columns": {
+        "base": {"model": "base", "model_ref": "gemma3-270m", "decoding": "plain",
+                 "description": "greedy, numbers unconstrained", "output_tokens_per_s": 12.5},
+        "tuned<v2>": {"model": "tuned", "decoding": "grounded+4",
+                      "description": "sampled (temperature 0.7, top-p 0.9, top-k 50, seed 0), numbers grounded in "
+                                     "the summary, best of 4 by the fact check", "output_tokens_per_s": 3.25}}}
+    page = write_report(scored, tmp_path / "r.html").read_text(encoding="utf-8")
+    columns = page[page.index('<section id="columns">'):page.index('<section id="aggregate">')]
+    assert ("<td>base</td><td>gemma3-270m</td><td>plain</td><td>greedy, numbers unconstrained</td><td>12.5</td>"
+            in columns)
+    assert "best of 4 by the fact check" in columns and "tuned&lt;v2&gt;" in columns
+    # ROUGE-L cells carry their interval; "tuned<v2>" copied sample 1's reference (1.0) and kept sample 2's words.
+    row = re.search(r"<tr><td>ROUGE-L F1 \(morphemes\)</td>(.*?)</tr>", page).group(1)
+    lo, hi = scores["intervals"]["models"]["tuned<v2>"]["rougeL"]
+    assert f'<span class="ci">[{lo:.3f}, {hi:.3f}]</span>' in row
+    # Differences: tuned<v2> - base, then each column minus the reference.
+    diffs = page[page.index('<section id="differences">'):page.index('<section id="distributions">')]
+    labels = re.findall(r"<tr><td>([^<]*?) − ([^<]*?)</td>", diffs)
+    assert labels == [("tuned&lt;v2&gt;", "base"), ("base", "reference (human abstract)"),
+                      ("tuned&lt;v2&gt;", "reference (human abstract)")]
+    d = scores["intervals"]["differences"][0]["metrics"]["rougeL"]
+    cell = f'{d["difference"]:+.3f}<span class="ci">[{d["ci95"][0]:+.3f}, {d["ci95"][1]:+.3f}]</span>'
+    assert cell in diffs
+    # Bold exactly where the interval excludes 0.
+    assert (f'<td class="sig">{cell}' in diffs) == (d["ci95"][0] > 0 or d["ci95"][1] < 0)
+
+
+def test_sample_table_is_capped_worst_and_best_first(tmp_path):
+    summary = "응답자 10명이 지지하였다."
+    # Sample i invents i numbers (i = 0..6), so the worst are 6, 5, ... and the best 0, 1, ...
+    preds = ["응답자 10명이 지지하였다." + "".join(f" {20 + k}명" for k in range(i)) for i in range(7)]
+    samples = [{"doc_id": f"D{i}", "summary": summary, "reference": summary} for i in range(7)]
+    s = score(samples, {"m": preds}, n_resamples=100)
+    page = write_report(s, tmp_path / "r.html", max_samples=4).read_text(encoding="utf-8")
+    assert re.findall(r'<article class="sample" id="sample-(\d+)">', page) == ["7", "6", "1", "2"]
+    assert "4 of 7 samples: the 2 with the most unsupported facts" in page
+    assert "Aggregate over all 7 samples" in page  # the aggregates still cover every sample
+    every = write_report(s, tmp_path / "all.html", max_samples=10).read_text(encoding="utf-8")
+    assert every.count('<article class="sample"') == 7 and "All 7 samples." in every
+    # The page stays small: 200 samples cost about what 7 do, beyond the capped table.
+    many = score(samples * 30, {"m": preds * 30}, n_resamples=100)
+    big = write_report(many, tmp_path / "big.html", max_samples=4).read_text(encoding="utf-8")
+    assert big.count('<article class="sample"') == 4 and len(big) < 1.5 * len(page)
+
+
+def test_texts_without_facts_get_no_rate(tmp_path):
+    # Neither the output nor the reference has a fact: no rate to show (not a perfect 0), one sample without facts.
+    s = score([{"summary": "학생이 학교에 간다.", "reference": "학생이 학교에 간다."}], {"m": ["학생이 도서관에 갔다."]},
+              n_resamples=100)
+    assert s["aggregate"]["m"]["unsupported_rate"] is None
+    page = write_report(s, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<tr><td>Unsupported facts / facts" not in page
+    row = re.search(r"<tr><td>Samples without facts</td>(.*?)</tr>", page).group(1)
+    assert re.findall(r"<td[^>]*>(\d+)", row) == ["1", "1"]
+    assert page.count("<svg") == 1  # the distributions still draw, with an empty box for the rate

@@ -106,9 +106,13 @@ def _cmd_generate(a: argparse.Namespace) -> int:
 def _cmd_evaluate(a: argparse.Namespace) -> int:
     from writemypaper import config, evaluate
 
-    cfg = config.load_config(a.config, a.overrides, kind="evaluate")
+    # `--decodings plain grounded n_samples=9` would swallow the override: take key=value items back out.
+    extra, decodings = _split_overrides(a.decodings or [])
+    cfg = config.load_config(a.config, [*a.overrides, *extra], kind="evaluate")
     if a.n is not None:
         cfg.n_samples = a.n
+    if decodings:
+        cfg.decodings = decodings
     models = evaluate.parse_models(a.models) if a.models else None
     scores = evaluate.evaluate(cfg, out=a.out, models=models, data=a.data, predictions=a.predictions)
     print(evaluate.summary_table(scores))
@@ -235,11 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser(
         "evaluate",
         help="score models (or existing outputs): Korean-morpheme ROUGE, fact check, loss; HTML report",
-        description="Generate abstracts for N test pairs with each model and score them: ROUGE-1/2/L over Kiwi "
-        "morphemes and character ROUGE-L, unsupported facts (numbers, years, terms the summary lacks) and "
-        "coverage, length ratio, and loss/perplexity on the references. Writes scores.json, predictions.jsonl "
-        "and a self-contained report.html.\n\nexamples:\n"
+        description="Generate abstracts for N test pairs with each model under each decoding (plain, grounded, "
+        "best of N) and score them: ROUGE-1/2/L over Kiwi morphemes and character ROUGE-L, unsupported facts "
+        "(numbers with their units, years, terms the summary lacks) per sample and pooled, coverage, length ratio, "
+        "and loss/perplexity on the references, with paired bootstrap 95% intervals. Writes scores.json, "
+        "predictions.jsonl and a self-contained report.html.\n\nexamples:\n"
         "  writemypaper evaluate --data prepared --models base=gemma3-270m tuned=runs/demo --out eval\n"
+        "  writemypaper evaluate --data prepared --models tuned=runs/demo --decodings plain grounded+4 --out eval\n"
         "  writemypaper evaluate --predictions outputs.jsonl --out eval",
         formatter_class=_Formatter,
     )
@@ -249,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="score existing outputs: JSONL with summary, reference, prediction")
     sp.add_argument("--out", required=True, metavar="DIR", help="scores.json and report.html go here")
     sp.add_argument("-n", type=_positive_int, default=None, help="number of test pairs (overrides n_samples)")
+    sp.add_argument("--decodings", nargs="+", default=None, metavar="DECODING",
+                    help="plain, grounded, plain+N or grounded+N (best of N); overrides the config's decodings")
     sp.add_argument("--config", default="evaluate", metavar="PRESET|FILE")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     sp.set_defaults(func=_cmd_evaluate)

@@ -1,5 +1,5 @@
 """Score models on held-out pairs: ROUGE over Korean morphemes, a fact check, length, and loss/perplexity on the
-references; write scores.json and a self-contained report.html.
+references, for each model under each decoding (plain, grounded, best of N); write scores.json and report.html.
 
     writemypaper evaluate --data prepared --models base=gemma3-270m tuned=runs/demo --out eval
     writemypaper evaluate --predictions outputs.jsonl --out eval          # score outputs of any system
@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import gc
 import json
-import math
+import re
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from writemypaper.errors import UserError
+
+SEPARATOR = " · "  # between model and decoding in a column's name: "tuned · grounded"
 
 
 def parse_models(items: list[str]) -> dict[str, str]:
@@ -29,21 +33,119 @@ def parse_models(items: list[str]) -> dict[str, str]:
     return models
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Decodings
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """One way to decode: numbers grounded in the summary or not, best of `candidates`, other generation keys."""
+
+    name: str
+    grounded: bool = False
+    candidates: int = 1
+    overrides: dict = field(default_factory=dict)
+
+
+_SHORT = re.compile(r"(plain|grounded)(?:\+([0-9]+))?")
+
+
+def parse_decodings(items) -> list[Decoding]:
+    """`plain`, `grounded`, `grounded+4` (best of 4), or {name, grounded, candidates, <generation key>: value}."""
+    from writemypaper.config import to_dict
+
+    if not isinstance(items, (list, tuple)):
+        items = to_dict(items) if items is not None and not isinstance(items, str) else items
+    if not isinstance(items, list) or not items:
+        raise UserError("decodings: give a list, e.g. decodings=[plain,grounded,grounded+4]")
+    out: list[Decoding] = []
+    for item in items:
+        if not isinstance(item, (str, dict)):
+            item = to_dict(item)
+        if isinstance(item, str):
+            m = _SHORT.fullmatch(item.strip())
+            if not m:
+                raise UserError(f"decoding '{item}': use plain, grounded, plain+N or grounded+N "
+                                "(or {name: ..., grounded: ..., candidates: ...})")
+            d = Decoding(item.strip(), m[1] == "grounded", int(m[2] or 1))
+        else:
+            rest = dict(item)
+            name = rest.pop("name", None)
+            if not isinstance(name, str) or not name.strip() or SEPARATOR.strip() in name:
+                raise UserError(f"decoding {item}: needs a name (text without '{SEPARATOR.strip()}')")
+            grounded, candidates = rest.pop("grounded", False), rest.pop("candidates", 1)
+            if not isinstance(grounded, bool) or not isinstance(candidates, int) or isinstance(candidates, bool):
+                raise UserError(f"decoding '{name}': grounded must be true/false and candidates a whole number")
+            d = Decoding(name.strip(), grounded, candidates, rest)
+        if not 1 <= d.candidates <= 16:
+            raise UserError(f"decoding '{d.name}': candidates={d.candidates} is not in [1, 16]")
+        if d.name in {x.name for x in out}:
+            raise UserError(f"decodings: the name '{d.name}' is used twice")
+        out.append(d)
+    return out
+
+
+def decoding_settings(base, decoding: Decoding):
+    """The generation settings for `decoding`, from the config's `generation:` section.
+
+    Best of N needs N different abstracts, so candidates > 1 samples (with the seed, so reruns agree). A generator
+    without grounding or candidates refuses a decoding that asks for them rather than quietly decoding plain.
+    """
+    names = {f.name for f in fields(base)}
+    changes = dict(decoding.overrides)
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        raise UserError(f"decoding '{decoding.name}': unknown generation setting(s) {', '.join(unknown)}")
+    if decoding.candidates > 1:
+        changes["do_sample"] = True
+    for key, value, default in (("grounded", decoding.grounded, False), ("candidates", decoding.candidates, 1)):
+        if key in names:
+            changes[key] = value
+        elif value != default:
+            raise UserError(f"decoding '{decoding.name}' needs {key}={value}, which this generator does not support; "
+                            "use decodings=[plain]")
+    settings = replace(base, **changes).validate()
+    if decoding.candidates > 1 and settings.temperature <= 0:
+        raise UserError(f"decoding '{decoding.name}': {decoding.candidates} candidates need temperature > 0")
+    return settings
+
+
+def describe(settings: dict) -> str:
+    """How a column was decoded, in words, from its settings (a GenerationSettings as a dict)."""
+    sampled = settings.get("do_sample") and (settings.get("temperature") or 0) > 0
+    parts = [f"sampled (temperature {settings['temperature']}, top-p {settings.get('top_p')}, top-k "
+             f"{settings.get('top_k')}, seed {settings.get('seed')})" if sampled else "greedy"]
+    parts.append("numbers grounded in the summary" if settings.get("grounded") else "numbers unconstrained")
+    if (settings.get("candidates") or 1) > 1:
+        parts.append(f"best of {settings['candidates']} by the fact check")
+    if settings.get("repetition_penalty") not in (None, 1.0):
+        parts.append(f"repetition penalty {settings['repetition_penalty']}")
+    parts.append(f"up to {settings.get('max_new_tokens')} new tokens")
+    return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Inputs and reference loss
+
+
 def read_predictions(path: str | Path) -> tuple[list[dict], list[str]]:
-    """Rows with summary, reference and prediction from a JSONL file."""
+    """Rows with summary, reference and prediction from a JSONL file. A row's own `id` and `doc_id` are kept; a row
+    with neither is named by its line number."""
     from writemypaper.generate import read_jsonl
 
     samples, preds = [], []
     for n, row in read_jsonl(Path(path), "--predictions", ("summary", "reference", "prediction")):
-        samples.append({"doc_id": row.get("doc_id", str(n)), "ipc": row.get("ipc"), "summary": row["summary"],
-                        "reference": row["reference"]})
+        ids = {k: row[k] for k in ("id", "doc_id") if row.get(k) is not None} or {"doc_id": str(n)}
+        samples.append({**ids, "ipc": row.get("ipc"), "summary": row["summary"], "reference": row["reference"]})
         preds.append(row["prediction"])
     return samples, preds
 
 
-def reference_loss(model, tokenizer, samples: list[dict], instruction: str | None = None, chunk: int = 128) -> float:
-    """Mean loss per token of the model's turn (the reference abstract and its end of turn), computed from the
-    hidden states with the LM head applied in chunks: the (tokens, 262k) logits are never held at once."""
+def reference_losses(model, tokenizer, samples: list[dict], instruction: str | None = None,
+                     chunk: int = 128) -> list[tuple[float, int]]:
+    """Per sample, the summed loss and the number of tokens of the model's turn (the reference abstract and its end of
+    turn), computed from the hidden states with the LM head applied in chunks: the (tokens, 262k) logits are never
+    held at once."""
     import torch
     import torch.nn.functional as F
 
@@ -53,7 +155,7 @@ def reference_loss(model, tokenizer, samples: list[dict], instruction: str | Non
     backbone, head = base.get_decoder(), base.get_output_embeddings()
     cap = getattr(base.config, "final_logit_softcapping", None)
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    out = []
     with torch.inference_mode():
         for s in samples:
             ex = prompts.encode_example(tokenizer, s["summary"], s["reference"], instruction)
@@ -62,14 +164,21 @@ def reference_loss(model, tokenizer, samples: list[dict], instruction: str | Non
             hidden = backbone(input_ids=ids).last_hidden_state[0]
             # position t predicts token t+1
             keep = (labels[1:] != -100).nonzero().squeeze(-1)
+            total = 0.0
             for start in range(0, len(keep), chunk):
                 pos = keep[start:start + chunk]
                 logits = head(hidden[pos]).float()
                 if cap:
                     logits = torch.tanh(logits / cap) * cap
                 total += F.cross_entropy(logits, labels[pos + 1], reduction="sum").item()
-                count += len(pos)
-    return total / max(count, 1)
+            out.append((total, len(keep)))
+    return out
+
+
+def reference_loss(model, tokenizer, samples: list[dict], instruction: str | None = None, chunk: int = 128) -> float:
+    """Mean loss per token over all the samples' references."""
+    losses = reference_losses(model, tokenizer, samples, instruction, chunk)
+    return sum(t for t, _ in losses) / max(sum(n for _, n in losses), 1)
 
 
 def _log_history(refs: dict[str, str]) -> list[dict] | None:
@@ -80,76 +189,133 @@ def _log_history(refs: dict[str, str]) -> list[dict] | None:
     return None
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# The verb
+
+
+def _from_predictions(items: list[str]) -> tuple[list[dict], dict[str, list[str]], dict[str, dict]]:
+    samples, preds, columns = None, {}, {}
+    for item in items:
+        name, _, path = item.partition("=") if "=" in item else (Path(item).stem, "", item)
+        if name in preds:
+            raise UserError(f"--predictions: the name '{name}' is used twice; name them, e.g. a={path}")
+        s, p = read_predictions(path)
+        if samples is not None and [x["summary"] for x in s] != [x["summary"] for x in samples]:
+            raise UserError(f"{path}: its summaries differ from the first predictions file's; score them apart")
+        samples = s
+        preds[name] = p
+        columns[name] = {"model": name, "decoding": None, "description": f"read from {path}", "settings": None}
+    return samples, preds, columns
+
+
+def _test_samples(cfg, data: str) -> list[dict]:
+    from writemypaper.data import load_split
+
+    ds = load_split(data, cfg.split)
+    n = min(cfg.n_samples, len(ds)) if cfg.n_samples else len(ds)
+    if n == 0:
+        raise UserError(f"{data}: the {cfg.split} split is empty")
+    ds = ds.shuffle(seed=cfg.seed).select(range(n)) if n < len(ds) else ds
+    return [{"doc_id": r["doc_id"], "ipc": r["ipc"], "summary": r["summary"], "reference": r["original"]} for r in ds]
+
+
+def plan_decodings(cfg) -> list[tuple[Decoding, object]]:
+    """Each configured decoding with its generation settings, checked before any data or model loads."""
+    from writemypaper.generate import settings_from_config
+
+    base = settings_from_config(cfg)
+    return [(d, decoding_settings(base, d)) for d in parse_decodings(cfg.get("decodings") or ["plain"])]
+
+
+def _generate_all(cfg, models: dict[str, str], samples: list[dict], plans: list, progress: bool):
+    """Each model writes every summary once per decoding; its loss on the references is computed once."""
+    from writemypaper.generate import Generator
+
+    summaries = [s["summary"] for s in samples]
+    preds: dict[str, list[str]] = {}
+    columns: dict[str, dict] = {}
+    losses: dict[str, list[tuple[float, int]]] = {}
+    for name, ref in models.items():
+        print(f"[{name}] loading {ref}")
+        gen = Generator.load(ref, precision=cfg.precision, instruction=cfg.get("instruction"))
+        for d, settings in plans:
+            column = f"{name}{SEPARATOR}{d.name}"
+            print(f"[{column}] {describe(asdict(settings))}")
+            t0 = time.perf_counter()
+            outs = gen.generate(summaries, settings, batch_size=cfg.batch_size, progress=progress)
+            seconds = time.perf_counter() - t0
+            preds[column] = [o[0] for o in outs]
+            # Tokens of the abstracts kept (a best-of-N decoding also wrote N-1 that were dropped).
+            tokens = sum(len(gen.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in preds[column])
+            columns[column] = {"model": name, "model_ref": ref, "decoding": d.name,
+                               "description": describe(asdict(settings)), "settings": asdict(settings),
+                               "seconds": seconds, "output_tokens": tokens,
+                               "output_tokens_per_s": tokens / seconds if seconds > 0 else None}
+        losses[name] = reference_losses(gen.model, gen.tokenizer, samples, gen.instruction)
+        del gen
+        gc.collect()
+    return preds, columns, losses
+
+
 def evaluate(cfg, out: str, models: dict[str, str] | None = None, data: str | None = None,
              predictions: list[str] | None = None, progress: bool = True) -> dict:
-    """The `evaluate` verb: generate with each model (or read predictions), score, and write the report."""
+    """The `evaluate` verb: generate with each model under each decoding (or read predictions), score with
+    intervals, and write scores.json, predictions.jsonl, config.yaml and report.html."""
     from writemypaper import metrics, report
     from writemypaper.atomic import atomic_write_json, atomic_write_jsonl
     from writemypaper.config import save_config
-    from writemypaper.generate import Generator, settings_from_config
 
     if bool(models) == bool(predictions):
         raise UserError("give either --models NAME=MODEL ... (with --data) or --predictions FILE.jsonl ...")
-    out_dir = Path(out)
-    preds: dict[str, list[str]] = {}
-    losses: dict[str, float] = {}
+    n_resamples, report_samples = cfg.get("bootstrap", 1000), cfg.get("report_samples", 50)
+    if not isinstance(n_resamples, int) or not 100 <= n_resamples <= 100_000:
+        raise UserError(f"bootstrap={n_resamples}: give a whole number of resamples in [100, 100000]")
+    if not isinstance(report_samples, int) or report_samples < 0:
+        raise UserError(f"report_samples={report_samples}: give a whole number >= 0")
+    losses: dict[str, list[tuple[float, int]]] = {}
     if predictions:
-        samples = None
-        for item in predictions:
-            name, _, path = item.partition("=") if "=" in item else (Path(item).stem, "", item)
-            s, p = read_predictions(path)
-            if samples is not None and [x["summary"] for x in s] != [x["summary"] for x in samples]:
-                raise UserError(f"{path}: its summaries differ from the first predictions file's; score them apart")
-            samples = s
-            preds[name] = p
-        settings = None
+        samples, preds, columns = _from_predictions(predictions)
     else:
         if data is None:
             raise UserError("--models needs --data PREPARED_DIR (the test split is generated for)")
-        from writemypaper.data import load_split
-
-        ds = load_split(data, cfg.split)
-        n = min(cfg.n_samples, len(ds)) if cfg.n_samples else len(ds)
-        if n == 0:
-            raise UserError(f"{data}: the {cfg.split} split is empty")
-        ds = ds.shuffle(seed=cfg.seed).select(range(n)) if n < len(ds) else ds
-        samples = [{"doc_id": r["doc_id"], "ipc": r["ipc"], "summary": r["summary"], "reference": r["original"]}
-                   for r in ds]
-        settings = settings_from_config(cfg)
-        for name, ref in models.items():
-            print(f"[{name}] loading {ref}")
-            gen = Generator.load(ref, precision=cfg.precision, instruction=cfg.get("instruction"))
-            outs = gen.generate([s["summary"] for s in samples], settings, batch_size=cfg.batch_size, progress=progress)
-            preds[name] = [o[0] for o in outs]
-            losses[name] = reference_loss(gen.model, gen.tokenizer, samples, gen.instruction)
-            del gen
-            gc.collect()
-    scores = metrics.score(samples, preds)
-    for name, loss in losses.items():
-        scores["aggregate"][name]["loss"] = loss
-        scores["aggregate"][name]["perplexity"] = math.exp(loss) if loss < 50 else None
-    scores["settings"] = {"generation": settings.__dict__ if settings else None, "models": models or None,
-                          "predictions": predictions or None, "split": None if predictions else cfg.split}
+        plans = plan_decodings(cfg)
+        samples = _test_samples(cfg, data)
+        preds, columns, losses = _generate_all(cfg, models, samples, plans, progress)
+    scores = metrics.score(samples, preds, n_resamples=n_resamples, seed=cfg.seed)
+    if losses:
+        for column, info in columns.items():
+            for row, (total, n) in zip(scores["samples"], losses[info["model"]]):
+                row["outputs"][column].update(loss=total / n if n else 0.0, loss_tokens=n)
+        metrics.summarise(scores, n_resamples=n_resamples, seed=cfg.seed)
+    scores["columns"] = columns
+    scores["settings"] = {"models": models or None, "predictions": predictions or None,
+                          "split": None if predictions else cfg.split, "bootstrap": n_resamples, "seed": cfg.seed}
+    out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "scores.json", scores)
     atomic_write_jsonl(out_dir / "predictions.jsonl", [
         {**s, "model": name, "prediction": preds[name][i]} for name in preds for i, s in enumerate(samples)])
     save_config(cfg, out_dir / "config.yaml")
-    report.write_report(scores, out_dir / "report.html", log_history=_log_history(models or {}))
+    report.write_report(scores, out_dir / "report.html", log_history=_log_history(models or {}),
+                        max_samples=report_samples)
     return scores
 
 
 def summary_table(scores: dict) -> str:
     """A short plain-text table of the aggregate scores for the terminal."""
-    cols = ["rouge1", "rouge2", "rougeL", "rougeL_char", "unsupported_rate", "coverage", "length_ratio", "loss"]
+    cols = ["rouge1", "rouge2", "rougeL", "rougeL_char", "unsupported_rate", "unsupported_rate_micro", "coverage",
+            "length_ratio", "loss"]
+    heads = ["rouge1", "rouge2", "rougeL", "rougeL_char", "unsupp_rate", "unsupp_micro", "coverage", "length",
+             "loss"]
     names = scores["models"]
     width = max(12, *(len(n) for n in names))
-    lines = [f"{'model':<{width}} " + " ".join(f"{c:>16}" for c in cols)]
+    lines = [f"{'model':<{width}} " + " ".join(f"{c:>13}" for c in heads)]
     for n in names + ["reference"]:
         agg = scores["aggregate"].get(n, {})
         cells = []
         for c in cols:
             v = agg.get(c)
-            cells.append(f"{v:>16.3f}" if isinstance(v, (int, float)) else f"{'':>16}")
+            cells.append(f"{v:>13.3f}" if isinstance(v, (int, float)) else f"{'':>13}")
         lines.append(f"{n:<{width}} " + " ".join(cells))
-    return "\n".join(lines) + f"\nROUGE over {scores['tokenization'].split(':')[0]} morphemes (see scores.json)"
+    return ("\n".join(lines) + f"\nROUGE over {scores['tokenization'].split(':')[0]} morphemes; 95% intervals and "
+            "paired differences in scores.json and the report")

@@ -1,7 +1,8 @@
 """Scores for generated abstracts: ROUGE over Korean morphemes (Kiwi) and a fact check against the summary.
 
 Google's rouge-score deletes Hangul before counting, so we tokenize with Kiwi and count n-grams ourselves.
-Used by `writemypaper evaluate`, which writes `score(...)` as scores.json; `report.py` renders it.
+Used by `writemypaper evaluate`, which writes `score(...)` (aggregates with paired bootstrap intervals) as scores.json;
+`report.py` renders it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import threading
 import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from importlib import metadata
 
 from writemypaper.errors import UserError
@@ -155,6 +156,10 @@ def rouge_scores(prediction: str, reference: str) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Facts: figures and terms that a generated abstract must not invent
+#
+# A numeric fact is a claim of value(s) and a unit: "3만 명" claims 30000 people, "10∼20%" claims 10% and 20%,
+# "세 나라" claims 3 countries, "19세기" the 19th century. Terms (quoted, Latin-script, Hanja) must occur in the
+# summary. Invented Hangul words are not caught: telling a new Korean term from a paraphrase needs more than a regex.
 
 
 @dataclass(frozen=True)
@@ -162,28 +167,79 @@ class Fact:
     """A checkable span; `text == nfc_text[start:end]` where nfc_text is the NFC form of the text it came from."""
 
     text: str
-    kind: str  # number | year | quoted | latin | hanja
+    kind: str  # number | year | century | quoted | latin | hanja
     start: int
     end: int
 
 
-_NUM = r"[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?|[0-9]+(?:\.[0-9]+)?"
-# Units that stay part of a number's fact text (compared on the number alone). Symbols and Korean counters attach
-# directly; Latin units may follow one space ("3.5 mg/L") and must end the word, so "2 CNN" is not "2 C".
-_SYMBOL_UNITS = r"%p|%|‰|℃|℉|°C|°F|°|[㎎㎏㎍㎞㎝㎜㎖㎗㎕㎡㎥㎢]"
+# Digits: 1,234.5 / 1234 / .05 (a leading-dot decimal only after a non-word character, as in p<.05 or r=.45).
+_DEC = r"[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?|[0-9]+(?:\.[0-9]+)?|(?<![0-9A-Za-z가-힣.,])\.[0-9]+"
+# Large-number words multiply the number before them; groups add up: 3만 = 30000, 1억 2천만 = 120000000.
+_SCALES = {"조": 10**12, "억": 10**8, "천만": 10**7, "백만": 10**6, "십만": 10**5, "만": 10**4, "천": 1000, "백": 100}
+_SCALE = "|".join(sorted(_SCALES, key=len, reverse=True))
+_AMOUNT = rf"(?:{_DEC})(?:(?:{_SCALE})(?:\s?(?:{_DEC})(?:{_SCALE}))*)?"
+
+# Spellings of one unit share a canonical name, so 3개국 matches 세 나라 and 25°C matches 25℃; a unit not listed is
+# its own class. 3배 and 3개, 27.3% and 27.3년, 19세 (age) and 19세기 are different claims.
+_UNIT_CLASSES = {
+    "%": ("%", "퍼센트"), "%p": ("%p", "%포인트", "퍼센트포인트"), "℃": ("℃", "°C"), "℉": ("℉", "°F"),
+    "명": ("명", "사람"), "나라": ("나라", "개국", "국가"), "회": ("회", "번", "차례"), "년": ("년", "년도", "년간", "해"),
+    "개월": ("개월", "달"), "세": ("세", "살"), "개": ("개", "가지"),
+    "mg": ("mg", "㎎"), "kg": ("kg", "㎏"), "μg": ("μg", "µg", "ug", "㎍"), "km": ("km", "㎞"), "cm": ("cm", "㎝"),
+    "mm": ("mm", "㎜"), "mL": ("mL", "ml", "㎖"), "dL": ("dL", "㎗"), "μL": ("μL", "㎕"), "m²": ("m²", "㎡"),
+    "m³": ("m³", "㎥"), "km²": ("km²", "㎢"), "μm": ("μm", "µm"), "μmol": ("μmol", "µmol"), "kB": ("kB", "KB"),
+}
+_CANONICAL_UNIT = {spelling: name for name, spellings in _UNIT_CLASSES.items() for spelling in spellings}
+
+
+def _alternation(words) -> str:
+    # Longest first: a regex alternation takes the first alternative that matches, so 세기 must precede 세.
+    return "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True))
+
+
+_SYMBOL_UNITS = _alternation(["%p", "%포인트", "%", "‰", "℃", "℉", "°C", "°F", "°", *"㎎㎏㎍㎞㎝㎜㎖㎗㎕㎡㎥㎢"])
 _LATIN_UNITS = (
     r"kWh|MWh|kHz|MHz|GHz|kPa|MPa|GPa|mmol|μmol|µmol|kcal|kDa|ppm|ppb|min|rpm|"
-    r"mg|kg|μg|µg|ug|ng|mL|ml|dL|km|cm|mm|nm|μm|µm|ha|Hz|kW|MW|GW|kV|mA|ms|hr|dB|mol|mM|μM|Pa|GB|MB|KB|kB|TB|bp|Da|"
+    r"mg|kg|μg|µg|ug|ng|mL|ml|dL|μL|km|cm|mm|nm|μm|µm|ha|Hz|kW|MW|GW|kV|mA|ms|hr|dB|mol|mM|μM|Pa|GB|MB|KB|kB|TB|bp|Da|"
     r"cal|L|g|m|s|h|V|W|M"
 )
-_KOREAN_UNITS = (
-    "퍼센트포인트|퍼센트|개국|개월|시간|가구|세대|만원|억원|천원|달러|"
-    "만|억|조|천|명|개|건|원|배|세|회|차|위|점|편|곳|종|권|년|월|일|주|분|초|대"
-)
+# Counters written after digits. 세기 (century) is its own unit: 19세기 is not 19 years of age.
+_KOREAN_UNITS = _alternation([
+    "퍼센트포인트", "퍼센트", "개국", "개월", "개소", "주년", "년대", "년도", "년간", "세기", "시간", "가구", "세대", "차례",
+    "번째", "달러", "가지", "명", "개", "건", "원", "배", "세", "회", "차", "위", "점", "편", "곳", "종", "권", "년", "월",
+    "일", "주", "분", "초", "대", "번", "살", "층", "쪽", "장", "호",
+])
+# Where a counter set off by a space must end: not inside a longer word ("2 개념" is no count of 개), only before a
+# particle, a non-Hangul character or the end.
+_WORD_END = (r"(?=$|[^가-힣]|(?:이|가|을|를|의|은|는|에|와|과|도|로|으로|만|씩|이나|에서|까지|부터|째|간|당|뿐|보다|"
+             r"이상|이하|미만|초과|가량|정도|내외|이다|였|이었))")
 _UNIT = (
-    rf"(?:{_SYMBOL_UNITS}|{_KOREAN_UNITS}|"
+    rf"(?:{_SYMBOL_UNITS}|{_KOREAN_UNITS}|\s(?:{_KOREAN_UNITS}){_WORD_END}|"
     rf" ?(?:{_LATIN_UNITS})(?:²|³)?(?:/(?:{_LATIN_UNITS})(?:²|³)?)?(?![A-Za-z0-9]))"
 )
+_RANGE_SEP = r"\s?[~∼〜～–—-]\s?"
+# Not inside a number: after a digit and a point is the decimal part, after a sentence's full stop a new number.
+_NUMERIC = (rf"(?<![0-9,])(?<![0-9]\.)(?:{_AMOUNT})(?:{_UNIT})?(?:{_RANGE_SEP}(?:{_AMOUNT})(?:{_UNIT})?)?"
+            r"(?![A-Za-z0-9])")
+
+# Native Korean numerals count only before a counter or a countable noun (세 나라, 두 차례, 다섯 가지): alone they
+# are ordinary words (세 = 'three' but also 'tax', 네 = 'yes'). 한 is 'one' but mostly 'a' (한 연구), so it counts
+# only before 명, 곳 and 개국.
+_NATIVE = {"한": 1, "두": 2, "세": 3, "네": 4, "다섯": 5, "여섯": 6, "일곱": 7, "여덟": 8, "아홉": 9, "열": 10, "스무": 20}
+_NATIVE |= {"열" + k: 10 + v for k, v in _NATIVE.items() if v < 10}
+_NATIVE_COUNTERS = _alternation([
+    "명", "개", "곳", "권", "편", "가지", "차례", "번", "번째", "살", "마리", "사람", "나라", "개국", "국가", "집단", "단계",
+    "유형", "요인", "측면", "차원", "영역", "범주", "시기", "지역", "세대", "가구", "해", "달", "시간", "주", "그룹", "문항",
+    "변수", "가설", "사례", "작품", "기관", "학교", "도시", "기업", "부분", "요소", "개념", "방식", "축",
+])
+_NATIVE_RE = (rf"(?<![가-힣])(?:(?:{_alternation(k for k in _NATIVE if k != '한')})\s(?:{_NATIVE_COUNTERS})"
+              rf"|한\s(?:명|곳|개국)){_WORD_END}")
+# Sino-Korean numerals (삼, 이십오, 천) only before units that leave no other reading (삼 년, 오 배, 십 개월); a lone 이
+# is 'this' (이 세기), so it never counts.
+_SINO_DIGITS = dict(zip("일이삼사오육칠팔구", range(1, 10)))
+_SINO_RE = (rf"(?<![가-힣])(?=[일이삼사오육칠팔구십백천])(?:[이삼사오육칠팔구]?천)?(?:[이삼사오육칠팔구]?백)?"
+            rf"(?:[이삼사오육칠팔구]?십)?[일이삼사오육칠팔구]?\s?(?:개월|년간|주년|세기|퍼센트|년|배){_WORD_END}")
+
 _HANJA = r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"
 _QUOTES = {"'": "'", '"': '"', "‘": "’", "“": "”", "「": "」", "『": "』", "《": "》", "〈": "〉"}
 _QUOTED = "|".join(
@@ -199,42 +255,124 @@ _QUOTED = "|".join(
 @functools.cache
 def _fact_re() -> re.Pattern:
     return re.compile(
-        rf"(?P<quoted>{_QUOTED})"
-        rf"|(?P<year>(?<![0-9.,])(?:1[0-9]{{3}}|20[0-9]{{2}})년(?:대)?)"
-        rf"|(?P<number>(?<![0-9.,])(?:{_NUM})(?:{_UNIT})?(?![A-Za-z0-9]))"
+        rf"(?P<quoted>{_QUOTED})|(?P<numeric>{_NUMERIC})|(?P<native>{_NATIVE_RE})|(?P<sino>{_SINO_RE})"
         rf"|(?P<latin>(?<![A-Za-z0-9])[0-9]*[A-Za-z][A-Za-z0-9]*(?:[-.][A-Za-z0-9]+)*)"
         rf"|(?P<hanja>{_HANJA}+)"
     )
 
 
-_NUM_RE = re.compile(_NUM)
+@functools.cache
+def _quantity_re() -> re.Pattern:
+    # The source's figures, including those inside its quoted spans and Latin terms ("PM2.5" holds 2.5).
+    return re.compile(rf"(?P<numeric>{_NUMERIC})|(?P<native>{_NATIVE_RE})|(?P<sino>{_SINO_RE})")
+
+
+@functools.cache
+def _range_re() -> re.Pattern:
+    end = rf"(?:{_AMOUNT})(?:{_UNIT})?"
+    return re.compile(rf"(?P<a>{end})(?:{_RANGE_SEP}(?P<b>{end}))?")
+
+
+_NUM_RE = re.compile(_DEC)
+_ENDPOINT_RE = re.compile(rf"(?P<amount>{_AMOUNT})\s?(?P<unit>.*)", re.S)
+_SCALED_RE = re.compile(rf"({_DEC})({_SCALE})?")
 # Single letters (n=, p<) are variables, and these words are glue, not terms.
 _LATIN_STOP = frozenset("a an the of and or in on at to for by with from as is are vs et al".split())
 
+Claim = tuple[Decimal, "str | None"]  # a value and its canonical unit (None: written bare)
 
-def extract_facts(text: str) -> list[Fact]:
-    """Numbers (with their unit), years, quoted terms, Latin-script terms and Hanja terms, in order of position.
 
-    Offsets index the NFC form of `text`.
-    """
-    text = _nfc(text)
-    facts = []
+def _unit(text: str) -> str | None:
+    text = text.strip()
+    return _CANONICAL_UNIT.get(text, text) if text else None
+
+
+def _endpoint(text: str) -> Claim:
+    m = _ENDPOINT_RE.fullmatch(text.strip())
+    value = sum((Decimal(d.replace(",", "")) * _SCALES.get(s, 1) for d, s in _SCALED_RE.findall(m["amount"])),
+                Decimal(0))
+    return value, _unit(m["unit"])
+
+
+def _sino_value(text: str) -> int:
+    total, digit = 0, 0
+    for ch in text:
+        if ch in _SINO_DIGITS:
+            digit = _SINO_DIGITS[ch]
+        else:
+            total += (digit or 1) * {"십": 10, "백": 100, "천": 1000}[ch]
+            digit = 0
+    return total + digit
+
+
+def _claims(kind: str, span: str) -> tuple[Claim, ...] | None:
+    """The value(s) a numeric match claims, each with its unit; None for a match that is no number after all."""
+    if kind == "numeric":
+        m = _range_re().fullmatch(span)
+        parts = [_endpoint(m["a"]), _endpoint(m["b"])] if m and m["b"] else [_endpoint(span)]
+        # A range's unit is written once, mostly at its end (3-5개), sometimes at its start (10%~20); a range of
+        # dates keeps each end's own (2019년 2월~2020년 1월 holds the range 2월~2020년).
+        shared = parts[-1][1] or parts[0][1]
+        return tuple((v, u or shared) for v, u in parts)
+    if kind == "native":
+        word, counter = span.split(maxsplit=1)
+        return ((Decimal(_NATIVE[word]), _unit(counter)),)
+    numeral, unit = re.fullmatch(r"([일이삼사오육칠팔구십백천]+)\s?(.+)", span).groups()
+    if numeral == "이":
+        return None
+    return ((Decimal(_sino_value(numeral)), _unit(unit)),)
+
+
+def _numeric_kind(claims: tuple[Claim, ...]) -> str:
+    units = {u for _, u in claims}
+    if units == {"세기"}:
+        return "century"
+    if units <= {"년", "년대"} and None not in units and all(v == v.to_integral() and 1000 <= v <= 2100
+                                                             for v, _ in claims):
+        return "year"
+    return "number"
+
+
+@functools.lru_cache(maxsize=4096)
+def _facts(text: str) -> tuple[tuple[Fact, tuple[Claim, ...] | None], ...]:
+    """Facts of NFC `text`, each with its numeric claims (None for terms)."""
+    out = []
     for m in _fact_re().finditer(text):
         kind, span = m.lastgroup, m.group()
         if kind == "quoted" and not span[1:-1].strip():
             continue
         if kind == "latin" and (len(span) < 2 or span.lower() in _LATIN_STOP):
             continue
-        facts.append(Fact(span, kind, m.start(), m.end()))
-    return facts
+        claims = None
+        if kind in ("numeric", "native", "sino"):
+            claims = _claims(kind, span)
+            if claims is None:
+                continue
+            kind = _numeric_kind(claims)
+        out.append((Fact(span, kind, m.start(), m.end()), claims))
+    return tuple(out)
 
 
-def _value(number_text: str) -> Decimal | None:
-    m = _NUM_RE.search(number_text)
-    try:
-        return Decimal(m.group().replace(",", "")) if m else None
-    except InvalidOperation:
-        return None
+def extract_facts(text: str) -> list[Fact]:
+    """Numbers with their unit (ranges, 만/억, Korean numerals), years, centuries, quoted terms, Latin-script terms
+    and Hanja terms, in order of position. Offsets index the NFC form of `text`."""
+    return [f for f, _ in _facts(_nfc(text))]
+
+
+def quantities(text: str) -> list[Claim]:
+    """Every (value, canonical unit) that `text` writes, numbers inside quotes and Latin terms included; digits that
+    no numeric pattern reads (the 5 of "5G") count as bare numbers."""
+    text = _nfc(text)
+    out, covered = [], []
+    for m in _quantity_re().finditer(text):
+        claims = _claims(m.lastgroup, m.group())
+        if claims:
+            out.extend(claims)
+            covered.append((m.start(), m.end()))
+    for m in _NUM_RE.finditer(text):
+        if not any(a <= m.start() < b for a, b in covered):
+            out.append((Decimal(m.group().replace(",", "")), None))
+    return out
 
 
 def _fold(text: str) -> str:
@@ -244,15 +382,20 @@ def _fold(text: str) -> str:
 def unsupported_facts(source: str, text: str) -> list[Fact]:
     """The facts of `text` that `source` does not contain.
 
-    Numbers and years compare by value against every number written in the source (1,234 == 1234, 23.4% is
-    supported by 23.4); terms compare as case-insensitive NFC substrings, Latin terms on word boundaries.
+    A number is supported when the source writes the same value with the same unit (1,234명 = 1234명, 3만 명 =
+    30000명, .05 = 0.05, 3개국 = 세 나라); each end of a range must be supported. A unit on one side only doesn't
+    count against it: a bare number in the text claims no unit, and a bare number in the source (n=1,234, a table
+    value) supports its value with any unit. Terms compare as case-insensitive NFC substrings, Latin terms on word
+    boundaries.
     """
     src = _fold(source)
-    src_numbers = {Decimal(m.group().replace(",", "")) for m in _NUM_RE.finditer(src)}
+    with_unit = set(quantities(source))
+    values = {v for v, _ in with_unit}
+    bare = {v for v, u in with_unit if u is None}
     out = []
-    for f in extract_facts(text):
-        if f.kind in ("number", "year"):
-            supported = _value(f.text) in src_numbers
+    for f, claims in _facts(_nfc(text)):
+        if claims is not None:
+            supported = all(v in values if u is None else (v, u) in with_unit or v in bare for v, u in claims)
         elif f.kind == "quoted":
             supported = _fold(f.text[1:-1]) in src
         elif f.kind == "latin":
@@ -300,10 +443,114 @@ def faithfulness(source: str, text: str) -> dict:
 # Scoring a test set
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeL_char")
+FAITH_KEYS = ("unsupported_rate", "unsupported_rate_micro", "unsupported_per_sample", "coverage")
+# Every aggregate is a ratio of sums over samples, sum(numerator) / sum(denominator), so one bootstrap serves all:
+# a plain mean has denominator 1 per sample; the per-sample unsupported rate counts only samples with facts (a text
+# without facts is not perfect, it has nothing to check); the micro rate pools all facts; the loss pools all tokens.
+METRICS = ROUGE_KEYS + FAITH_KEYS + ("length_ratio", "loss")
+CONFIDENCE = 0.95
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
+def _ratio_terms(out: dict) -> dict[str, tuple[float, float]]:
+    """(numerator, denominator) of each metric for one sample's output (or reference_faithfulness)."""
+    n_unsupported, n_facts = len(out["unsupported"]), out["n_facts"]
+    terms = {
+        "unsupported_rate": (n_unsupported / n_facts, 1.0) if n_facts else (0.0, 0.0),
+        "unsupported_rate_micro": (float(n_unsupported), float(n_facts)),
+        "unsupported_per_sample": (float(n_unsupported), 1.0),
+        "coverage": (out["coverage"], 1.0),
+    }
+    for key in ROUGE_KEYS + ("length_ratio",):
+        if key in out:
+            terms[key] = (out[key], 1.0)
+    if out.get("loss_tokens"):  # written by `evaluate`: the loss of the model on this sample's reference
+        terms["loss"] = (out["loss"] * out["loss_tokens"], float(out["loss_tokens"]))
+    return terms
+
+
+def _columns(scores: dict) -> dict[str, dict[str, tuple]]:
+    """Per column (each model, then the reference), each metric's numerator and denominator arrays over samples."""
+    import numpy as np
+
+    rows = scores["samples"]
+    picks = {name: [r["outputs"][name] for r in rows] for name in scores["models"]}
+    picks["reference"] = [r["reference_faithfulness"] for r in rows]
+    out = {}
+    for name, outs in picks.items():
+        terms = [_ratio_terms(o) for o in outs]
+        keys = [k for k in METRICS if all(k in t for t in terms)]
+        out[name] = {k: (np.array([t[k][0] for t in terms]), np.array([t[k][1] for t in terms])) for k in keys}
+    return out
+
+
+def _ratio(num, den) -> float | None:
+    d = float(den.sum())
+    return float(num.sum()) / d if d else None
+
+
+def _boot(num, den, idx):
+    import numpy as np
+
+    d = den[idx].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(d > 0, num[idx].sum(axis=1) / d, np.nan)
+
+
+def _ci(values) -> list[float] | None:
+    import numpy as np
+
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return None
+    tail = (1 - CONFIDENCE) / 2 * 100
+    return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+
+def _intervals(columns: dict, models: list[str], n_samples: int, n_resamples: int, seed: int) -> dict:
+    """Percentile bootstrap over samples. Every column is computed on the same resamples, so a difference between
+    two columns keeps the pairing of their samples (the paired bootstrap)."""
+    import numpy as np
+
+    idx = np.random.default_rng(seed).integers(0, n_samples, size=(n_resamples, n_samples))
+    boots = {name: {k: _boot(num, den, idx) for k, (num, den) in cols.items()} for name, cols in columns.items()}
+    points = {name: {k: _ratio(num, den) for k, (num, den) in cols.items()} for name, cols in columns.items()}
+    # Later column minus earlier (tuned - base, grounded - plain), and each model minus the human reference.
+    pairs = [(models[j], models[i]) for i in range(len(models)) for j in range(i + 1, len(models))]
+    pairs += [(m, "reference") for m in models]
+    differences = []
+    for a, b in pairs:
+        diffs = {}
+        for k in boots[a].keys() & boots[b].keys():
+            if points[a][k] is not None and points[b][k] is not None:
+                diffs[k] = {"difference": points[a][k] - points[b][k], "ci95": _ci(boots[a][k] - boots[b][k])}
+        differences.append({"a": a, "b": b, "metrics": {k: diffs[k] for k in METRICS if k in diffs}})
+    return {
+        "method": f"percentile bootstrap over samples, {n_resamples} resamples (seed {seed}), {CONFIDENCE:.0%} "
+                  "intervals; differences are a - b on the same resamples (paired)",
+        "n_resamples": n_resamples,
+        "seed": seed,
+        "confidence": CONFIDENCE,
+        "models": {name: {k: _ci(v) for k, v in b.items()} for name, b in boots.items()},
+        "differences": differences,
+    }
+
+
+def summarise(scores: dict, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """(Re)compute `aggregate` and `intervals` from scores["samples"]; `evaluate` calls it again after adding each
+    sample's loss. Returns `scores`, updated in place."""
+    import math
+
+    columns = _columns(scores)
+    aggregate = {}
+    for name, cols in columns.items():
+        agg = {k: _ratio(num, den) for k, (num, den) in cols.items()}
+        agg["n_no_facts"] = int((cols["unsupported_rate_micro"][1] == 0).sum())
+        if agg.get("loss") is not None:
+            agg["perplexity"] = math.exp(agg["loss"]) if agg["loss"] < 50 else None
+        aggregate[name] = agg
+    scores["aggregate"] = aggregate
+    scores["intervals"] = _intervals(columns, scores["models"], scores["n_samples"], n_resamples, seed)
+    return scores
 
 
 def _check(samples: list[dict], predictions: dict[str, list[str]]) -> None:
@@ -324,11 +571,13 @@ def _check(samples: list[dict], predictions: dict[str, list[str]]) -> None:
             raise UserError(f"model '{name}': prediction {bad[0]} is {type(preds[bad[0]]).__name__}, not text")
 
 
-def score(samples: list[dict], predictions: dict[str, list[str]]) -> dict:
+def score(samples: list[dict], predictions: dict[str, list[str]], n_resamples: int = 1000, seed: int = 0) -> dict:
     """Score every model's predictions against the references, and fact-check them against the summaries.
 
     The reference itself is fact-checked the same way (reference vs summary) as the yardstick: a human abstract
     also adds facts that the summary lacks. Texts are stored NFC-normalised so that fact offsets index them.
+    Model names are free (evaluate uses "tuned · grounded"), except "reference". `aggregate` and the bootstrap
+    `intervals` come from `summarise`.
     """
     _check(samples, predictions)
     models = list(predictions)
@@ -345,6 +594,7 @@ def score(samples: list[dict], predictions: dict[str, list[str]]) -> dict:
                 **faithfulness(summary, pred),
             }
         rows.append({
+            **({"id": s["id"]} if s.get("id") is not None else {}),  # an input's own id, next to its doc_id
             "doc_id": s.get("doc_id"),
             "ipc": s.get("ipc"),
             "summary": summary,
@@ -353,26 +603,5 @@ def score(samples: list[dict], predictions: dict[str, list[str]]) -> dict:
             "outputs": outputs,
         })
 
-    def faith_means(items: list[dict]) -> dict:
-        return {
-            "unsupported_rate": _mean([f["unsupported_rate"] for f in items]),
-            "unsupported_per_sample": _mean([len(f["unsupported"]) for f in items]),
-            "coverage": _mean([f["coverage"] for f in items]),
-        }
-
-    aggregate = {}
-    for name in models:
-        outs = [r["outputs"][name] for r in rows]
-        aggregate[name] = {
-            **{k: _mean([o[k] for o in outs]) for k in ROUGE_KEYS},
-            **faith_means(outs),
-            "length_ratio": _mean([o["length_ratio"] for o in outs]),
-        }
-    aggregate["reference"] = faith_means([r["reference_faithfulness"] for r in rows])
-    return {
-        "tokenization": TOKENIZATION,
-        "models": models,
-        "n_samples": len(rows),
-        "aggregate": aggregate,
-        "samples": rows,
-    }
+    scores = {"tokenization": TOKENIZATION, "models": models, "n_samples": len(rows), "samples": rows}
+    return summarise(scores, n_resamples=n_resamples, seed=seed)

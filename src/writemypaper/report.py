@@ -1,5 +1,6 @@
-"""One self-contained HTML page from scores.json: the aggregate table, score distributions, the loss curve, and every
-sample side by side with the facts that no summary supports highlighted.
+"""One self-contained HTML page from scores.json: how each column was decoded, the aggregates over all samples with
+95% intervals, paired differences, score distributions, the loss curve, and a capped set of samples side by side
+with the facts that no summary supports highlighted.
 
     writemypaper evaluate ... writes scores.json and report.html through `write_report`.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import html
 import io
+import math
 import re
 import unicodedata
 import warnings
@@ -23,16 +25,23 @@ _METRICS = [
     ("rougeL", "ROUGE-L F1 (morphemes)", "high"),
     ("rougeL_char", "ROUGE-L F1 (characters)", "high"),
     ("coverage", "Coverage of the summary", "high"),
-    ("unsupported_rate", "Unsupported facts / facts", "low"),
+    ("unsupported_rate_micro", "Unsupported facts / facts (all facts pooled)", "low"),
+    ("unsupported_rate", "Unsupported facts / facts (mean over samples with facts)", "low"),
     ("unsupported_per_sample", "Unsupported facts per sample", "low"),
+    ("n_no_facts", "Samples without facts", None),
     ("length_ratio", "Length / reference length (chars)", "one"),
     ("loss", "Loss", "low"),
     ("perplexity", "Perplexity", "low"),
 ]
 _PLOTTED = [("rougeL", "ROUGE-L F1 (morphemes)"), ("rougeL_char", "ROUGE-L F1 (characters)"),
             ("unsupported_rate", "Unsupported facts / facts"), ("coverage", "Coverage of the summary")]
+# Columns of the differences table: the metrics a decoding setting is meant to move, and what it must not cost.
+_COMPARED = [("rougeL", "ROUGE-L"), ("rougeL_char", "ROUGE-L chars"),
+             ("unsupported_rate_micro", "unsupported (pooled)"),
+             ("unsupported_per_sample", "unsupported / sample"), ("coverage", "coverage"), ("loss", "loss")]
 _YARDSTICK = "reference"
 _KIND_NAMES = {"quoted": "quoted term", "latin": "Latin-script term", "hanja": "Hanja term"}
+REPORT_SAMPLES = 50  # samples shown by default; scores.json keeps them all
 
 _CSS = """
 :root { color-scheme: light; }
@@ -54,6 +63,8 @@ thead th { background: #f6f6f6; }
 .text { white-space: pre-wrap; word-break: keep-all; overflow-wrap: anywhere; margin: 0; font-size: .95rem; }
 .scores { font-size: .78rem; color: #555; margin-top: .4rem; font-variant-numeric: tabular-nums; }
 mark { background: #ffd54f; border-radius: 2px; padding: 0 1px; }
+.ci { display: block; color: #777; font-size: .75rem; white-space: nowrap; }
+.sig { font-weight: 600; }
 """
 
 
@@ -103,9 +114,18 @@ def _best(values: dict[str, float], rule: str) -> set[str]:
     return {m for m, v in values.items() if abs(key(v) - target) < 1e-12}
 
 
+def _digits(key: str) -> int:
+    return {"perplexity": 2, "n_no_facts": 0}.get(key, 3)
+
+
+def _ci_html(ci, digits: int) -> str:
+    return f'<span class="ci">[{_num(ci[0], digits)}, {_num(ci[1], digits)}]</span>' if ci else ""
+
+
 def _table(scores: dict) -> str:
     models = list(scores["models"])
     agg = scores["aggregate"]
+    cis = scores.get("intervals", {}).get("models", {})
     yard = agg.get(_YARDSTICK, {})
     known = {k for k, _, _ in _METRICS}
     # Anything the evaluate verb adds later still shows up, without a "best" marking.
@@ -119,15 +139,63 @@ def _table(scores: dict) -> str:
         values = {m: agg[m][key] for m in models if _is_num(agg.get(m, {}).get(key))}
         if not values:
             continue
-        digits = 2 if key == "perplexity" else 3
+        digits = _digits(key)
         best = _best(values, rule) if rule else set()
         cells = "".join(
-            f"<td><strong>{_num(values[m], digits)}</strong></td>" if m in best
-            else f"<td>{_num(values.get(m), digits)}</td>"
+            (f"<td><strong>{_num(values[m], digits)}</strong>" if m in best else f"<td>{_num(values.get(m), digits)}")
+            + _ci_html(cis.get(m, {}).get(key), digits) + "</td>"
             for m in models
         )
-        yardstick = f'<td class="yardstick">{_num(yard.get(key), digits)}</td>'
+        yardstick = (f'<td class="yardstick">{_num(yard.get(key), digits)}'
+                     f'{_ci_html(cis.get(_YARDSTICK, {}).get(key), digits)}</td>')
         lines.append(f"<tr><td>{html.escape(label)}</td>{cells}{yardstick}</tr>")
+    lines.append("</tbody></table>")
+    return "\n".join(lines)
+
+
+def _columns_table(scores: dict) -> str:
+    """Which model and decoding each column is, in words (greedy or sampled with its seed, grounded, best of N)."""
+    columns = scores.get("columns") or {}
+    if not columns:
+        return ""
+    lines = ["<table><thead><tr><th>Column</th><th>Model</th><th>Decoding</th><th>How</th>"
+             "<th>Output tokens/s</th></tr></thead><tbody>"]
+    for name in scores["models"]:
+        c = columns.get(name, {})
+        model = c.get("model_ref") or c.get("model") or name
+        lines.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(str(model))}</td>"
+                     f"<td>{html.escape(str(c.get('decoding') or '—'))}</td>"
+                     f"<td>{html.escape(str(c.get('description') or '—'))}</td>"
+                     f"<td>{_num(c.get('output_tokens_per_s'), 1)}</td></tr>")
+    lines.append("</tbody></table>")
+    return "\n".join(lines)
+
+
+def _signed(value, digits: int = 3) -> str:
+    return f"{value:+.{digits}f}" if _is_num(value) else "—"
+
+
+def _differences_table(scores: dict) -> str:
+    """Paired differences a − b with their 95% interval; an interval that excludes 0 is set in bold."""
+    diffs = scores.get("intervals", {}).get("differences") or []
+    if not diffs:
+        return '<p class="note">One column only: nothing to compare.</p>'
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in _COMPARED)
+    lines = [f"<table><thead><tr><th>a − b</th>{head}</tr></thead><tbody>"]
+    for d in diffs:
+        cells = []
+        for key, _ in _COMPARED:
+            m = d["metrics"].get(key)
+            if not m:
+                cells.append("<td>—</td>")
+                continue
+            ci = m.get("ci95")
+            sig = ci is not None and (ci[0] > 0 or ci[1] < 0)
+            text = (f"{_signed(m['difference'])}<span class=\"ci\">[{_signed(ci[0])}, {_signed(ci[1])}]</span>"
+                    if ci else _signed(m["difference"]))
+            cells.append(f'<td class="sig">{text}</td>' if sig else f"<td>{text}</td>")
+        b = "reference (human abstract)" if d["b"] == _YARDSTICK else d["b"]
+        lines.append(f"<tr><td>{html.escape(d['a'])} − {html.escape(b)}</td>{''.join(cells)}</tr>")
     lines.append("</tbody></table>")
     return "\n".join(lines)
 
@@ -162,10 +230,12 @@ def _distributions_svg(scores: dict) -> str:
     fig = Figure(figsize=(3.4 * len(_PLOTTED), 3.8), layout="constrained")
     for ax, (key, label) in zip(fig.subplots(1, len(_PLOTTED)), _PLOTTED):
         names = models[:]
-        data = [[s["outputs"][m][key] for s in scores["samples"]] for m in models]
+        outs = [[s["outputs"][m] for s in scores["samples"]] for m in models]
         if key in ("unsupported_rate", "coverage"):
             names.append(_YARDSTICK)
-            data.append([s["reference_faithfulness"][key] for s in scores["samples"]])
+            outs.append([s["reference_faithfulness"] for s in scores["samples"]])
+        # A text without facts has no rate: it is left out of the box rather than drawn as a perfect 0.
+        data = [[o[key] for o in col if key != "unsupported_rate" or o["n_facts"]] or [math.nan] for col in outs]
         if not names:
             ax.set_axis_off()
             continue
@@ -220,7 +290,7 @@ def _sample(i: int, s: dict, models: list[str]) -> str:
             f"R-L chars {_num(o['rougeL_char'])}<br>unsupported {len(o['unsupported'])}/{o['n_facts']} · "
             f"coverage {_num(o['coverage'], 2)} · length {_num(o['length_ratio'], 2)}",
         ))
-    head = " · ".join(html.escape(str(x)) for x in (s.get("doc_id"), s.get("ipc")) if x)
+    head = " · ".join(html.escape(str(x)) for x in (s.get("id"), s.get("doc_id"), s.get("ipc")) if x not in (None, ""))
     body = "".join(
         f'<div class="cell"><h4>{html.escape(name)}</h4><p class="text">{text}</p>'
         + (f'<div class="scores">{small}</div>' if small else "") + "</div>"
@@ -230,37 +300,74 @@ def _sample(i: int, s: dict, models: list[str]) -> str:
             f'<div class="row" style="--cols: {len(cells)}">{body}</div></article>')
 
 
+def pick_samples(scores: dict, limit: int) -> tuple[list[int], str]:
+    """Indices of the samples to show, at most `limit`, and a note saying which. Beyond the limit: the half with the
+    most unsupported facts over all columns (then the lowest ROUGE-L), then the half with the fewest (then the
+    highest), so the page stays small at any test-set size and still shows where the models fail."""
+    rows, models = scores["samples"], list(scores["models"])
+    n = len(rows)
+    if n <= limit:
+        return list(range(n)), f"All {n} samples."
+
+    def key(i: int) -> tuple:
+        outs = [rows[i]["outputs"][m] for m in models]
+        return (-sum(len(o["unsupported"]) for o in outs), sum(o["rougeL"] for o in outs), i)
+
+    order = sorted(range(n), key=key)
+    worst = order[:(limit + 1) // 2]
+    best = order[len(order) - limit // 2:][::-1] if limit // 2 else []
+    note = (f"{limit} of {n} samples: the {len(worst)} with the most unsupported facts over all columns (then the "
+            f"lowest ROUGE-L), then the {len(best)} with the fewest (then the highest). Every sample is in "
+            "scores.json and predictions.jsonl; the numbers (#) are their positions there.")
+    return worst + best, note
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Page
 
 
 def write_report(scores: dict, path, log_history: list[dict] | None = None,
-                 title: str = "writemypaper evaluation") -> Path:
+                 title: str = "writemypaper evaluation", max_samples: int = REPORT_SAMPLES) -> Path:
     """Write the evaluation as one HTML file with no external resources; returns its path.
 
-    `scores` is metrics.score()'s dict (evaluate may add aggregate[model]["loss"] and ["perplexity"]);
+    `scores` is metrics.score()'s dict (evaluate adds per-sample losses, `columns` and `settings`);
     `log_history` is the Hugging Face Trainer's state.log_history, drawn as the train/validation loss curve.
+    Aggregates cover every sample; at most `max_samples` samples are shown (see `pick_samples`).
     """
     models = list(scores["models"])
+    intervals = scores.get("intervals") or {}
+    ci_note = (f" Under each value, its 95% interval ({html.escape(intervals['method'])})." if intervals else "")
     parts = [
         f"<header><h1>{html.escape(title)}</h1>",
-        f'<p class="meta">{scores["n_samples"]} samples · models: {html.escape(", ".join(models)) or "none"}</p>',
+        f'<p class="meta">{scores["n_samples"]} samples · columns: {html.escape(", ".join(models)) or "none"}</p>',
         f'<p class="meta">Tokenization: <code>{html.escape(scores["tokenization"])}</code></p></header>',
-        '<section id="aggregate"><h2>Aggregate (means over samples)</h2>',
-        _table(scores),
-        '<p class="note">ROUGE compares each output with the human abstract. Facts (numbers, years, quoted, Latin and '
-        "Hanja terms) and coverage are checked against the <em>summary</em>, the model's only input; the reference "
-        "column applies the same check to the human abstract, as a yardstick. Best model value in bold.</p></section>",
-        '<section id="distributions"><h2>Distributions</h2>',
-        f'<div class="plot">{_distributions_svg(scores)}</div></section>',
     ]
+    if scores.get("columns"):
+        parts += ['<section id="columns"><h2>Columns: model and decoding</h2>', _columns_table(scores), "</section>"]
+    parts += [
+        f'<section id="aggregate"><h2>Aggregate over all {scores["n_samples"]} samples</h2>',
+        _table(scores),
+        '<p class="note">ROUGE compares each output with the human abstract. Facts (numbers with their units, years, '
+        "centuries, quoted, Latin and Hanja terms) and coverage are checked against the <em>summary</em>, the model's "
+        "only input; the reference column applies the same check to the human abstract, as a yardstick. A text "
+        "without facts is left out of the per-sample rate and counted apart. Best model value in bold."
+        f"{ci_note}</p></section>",
+    ]
+    if intervals:
+        parts += ['<section id="differences"><h2>Paired differences</h2>', _differences_table(scores),
+                  '<p class="note">a − b on the same samples, with its 95% interval; bold where the interval excludes '
+                  "0. Lower is better for the unsupported facts and the loss, higher for the others.</p>"
+                  "</section>"]
+    parts += ['<section id="distributions"><h2>Distributions</h2>',
+              f'<div class="plot">{_distributions_svg(scores)}</div></section>']
     if log_history is not None:
         loss = _loss_svg(log_history)
         body = f'<div class="plot">{loss}</div>' if loss else '<p class="note">The log history has no losses.</p>'
         parts.append(f'<section id="loss"><h2>Training loss</h2>{body}</section>')
-    parts.append('<section id="samples"><h2>Samples</h2><p class="note"><mark>Highlighted</mark>: facts that the '
-                 "summary does not contain (hover for the kind).</p>")
-    parts.extend(_sample(i, s, models) for i, s in enumerate(scores["samples"]))
+    shown, note = pick_samples(scores, max_samples)
+    parts.append(f'<section id="samples"><h2>Samples</h2><p class="note">{html.escape(note)} <mark>Highlighted</mark>: '
+                 "facts that the summary does not contain (hover for the kind).</p>")
+    parts.extend(_sample(i, scores["samples"][i], models) for i in shown)
     parts.append("</section>")
 
     page = (

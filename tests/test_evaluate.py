@@ -1,0 +1,165 @@
+"""The evaluate verb: decodings, greedy by default, input ids kept, intervals in scores.json, and one generation per
+model and decoding with a tiny random Gemma 2."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+
+import pytest
+
+from writemypaper import config
+from writemypaper.cli import main
+from writemypaper.errors import UserError
+from writemypaper.evaluate import (
+    Decoding,
+    decoding_settings,
+    describe,
+    evaluate,
+    parse_decodings,
+    plan_decodings,
+    read_predictions,
+)
+from writemypaper.generate import GenerationSettings
+
+HAS = {f.name for f in fields(GenerationSettings)}
+
+
+def test_parse_decodings_short_and_long_forms():
+    got = parse_decodings(["plain", "grounded", "grounded+4", {"name": "hot", "temperature": 1.2, "do_sample": True}])
+    assert got == [Decoding("plain"), Decoding("grounded", grounded=True), Decoding("grounded+4", True, 4),
+                   Decoding("hot", overrides={"temperature": 1.2, "do_sample": True})]
+    # The shipped config's list, through OmegaConf as the verb reads it.
+    cfg = config.load_config("evaluate", kind="evaluate")
+    assert [d.name for d in parse_decodings(cfg.decodings)] == ["plain", "grounded", "grounded+4"]
+    bad = {
+        "greedy": "use plain, grounded",
+        "grounded+0": "candidates=0 is not in",
+        "plain+17": "candidates=17",
+    }
+    for item, needle in bad.items():
+        with pytest.raises(UserError, match=needle):
+            parse_decodings([item])
+    with pytest.raises(UserError, match="used twice"):
+        parse_decodings(["plain", {"name": "plain", "grounded": False}])
+    with pytest.raises(UserError, match="needs a name"):
+        parse_decodings([{"grounded": True}])
+    with pytest.raises(UserError, match="give a list"):
+        parse_decodings([])
+
+
+def test_evaluation_is_greedy_by_default_and_sampling_is_seeded():
+    cfg = config.load_config("evaluate", kind="evaluate")
+    assert cfg.generation.do_sample is False and cfg.generation.seed == 0
+    ((_, plain),) = plan_decodings(config.load_config("evaluate", ["decodings=[plain]"], kind="evaluate"))
+    assert plain.do_sample is False
+    assert describe(vars(plain)).startswith("greedy, numbers unconstrained")
+    hot = decoding_settings(plain, Decoding("hot", overrides={"do_sample": True, "temperature": 1.0}))
+    assert describe(vars(hot)).startswith("sampled (temperature 1.0, top-p 0.9, top-k 50, seed 0)")
+    with pytest.raises(UserError, match="unknown generation setting"):
+        decoding_settings(plain, Decoding("x", overrides={"beams": 4}))
+
+
+def test_grounded_and_candidates_reach_the_generator_or_are_refused():
+    base = GenerationSettings(do_sample=False)
+    if {"grounded", "candidates"} <= HAS:
+        s = decoding_settings(base, Decoding("grounded+4", True, 4))
+        assert (s.grounded, s.candidates, s.do_sample) == (True, 4, True)  # best of N samples
+        text = describe(vars(s))
+        assert text.startswith("sampled (") and "numbers grounded in the summary, best of 4 by the fact check" in text
+        assert decoding_settings(base, Decoding("plain")).grounded is False
+        with pytest.raises(UserError, match="need temperature > 0"):
+            decoding_settings(GenerationSettings(temperature=0.0), Decoding("g+2", True, 2))
+    else:
+        # A generator without grounding must not quietly decode "grounded" as plain.
+        with pytest.raises(UserError, match="needs grounded=True, which this generator does not support"):
+            decoding_settings(base, Decoding("grounded", grounded=True))
+        assert decoding_settings(base, Decoding("plain")) == base
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+SUMMARY = "한ㆍ중ㆍ일 세 나라 대학생 1,200명의 정치 태도를 비교하였다."
+REFERENCE = "본 연구는 한ㆍ중ㆍ일 세 나라 대학생 1,200명의 정치 태도를 2019년 설문으로 비교하였다."
+
+
+def test_predictions_keep_their_ids_and_get_intervals(tmp_path, capsys):
+    rows = [{"id": 7, "summary": SUMMARY, "reference": REFERENCE},
+            {"doc_id": "D-2", "summary": SUMMARY, "reference": REFERENCE},
+            {"summary": SUMMARY, "reference": REFERENCE}]
+    _write(tmp_path / "a.jsonl", [{**r, "prediction": "3개국 대학생 1,200명의 태도를 비교하였다."} for r in rows])
+    _write(tmp_path / "b.jsonl", [{**r, "prediction": "4개국 대학생 1,300명의 태도를 비교하였다."} for r in rows])
+    samples, _ = read_predictions(tmp_path / "a.jsonl")
+    assert [{k: s[k] for k in ("id", "doc_id") if k in s} for s in samples] == [{"id": 7}, {"doc_id": "D-2"},
+                                                                                {"doc_id": "3"}]
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--predictions", f"good={tmp_path / 'a.jsonl'}", f"bad={tmp_path / 'b.jsonl'}",
+                 "--out", str(out), "bootstrap=200"]) == 0
+    assert "unsupp_micro" in capsys.readouterr().out
+    scores = json.loads((out / "scores.json").read_text(encoding="utf-8"))
+    assert [s.get("id") for s in scores["samples"]] == [7, None, None]
+    assert [s.get("doc_id") for s in scores["samples"]] == [None, "D-2", "3"]
+    # "good" keeps every figure (3개국 = 세 나라); "bad" invents 4개국 and 1,300명 in every sample.
+    assert scores["aggregate"]["good"]["unsupported_rate_micro"] == 0.0
+    assert scores["aggregate"]["bad"]["unsupported_rate_micro"] == 1.0
+    (diff,) = [d for d in scores["intervals"]["differences"] if (d["a"], d["b"]) == ("bad", "good")]
+    assert diff["metrics"]["unsupported_per_sample"] == {"difference": 2.0, "ci95": [2.0, 2.0]}
+    assert scores["intervals"]["n_resamples"] == 200 and scores["columns"]["good"]["decoding"] is None
+    written = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [(r["model"], r.get("id"), r.get("doc_id")) for r in written[:3]] == [
+        ("good", 7, None), ("good", None, "D-2"), ("good", None, "3")]
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "#1 · 7" in page and "Paired differences" in page and "read from" in page
+
+
+def test_bad_settings_fail_before_any_model_loads(tmp_path):
+    with pytest.raises(UserError, match="bootstrap=5"):
+        evaluate(config.load_config("evaluate", ["bootstrap=5"], kind="evaluate"), str(tmp_path),
+                 predictions=["x.jsonl"])
+    # The decoding is refused before the (missing) data and model are touched.
+    with pytest.raises(UserError, match="decoding 'greedy'"):
+        evaluate(config.load_config("evaluate", ["decodings=[greedy]"], kind="evaluate"), str(tmp_path),
+                 models={"m": "no/such/model"}, data=str(tmp_path / "none"))
+
+
+def test_decodings_flag_reaches_the_config(tmp_path, capsys):
+    # --decodings replaces the config's list; a bad one fails in one line, naming it, before any data is read.
+    code = main(["evaluate", "--models", "m=no/such/model", "--data", str(tmp_path / "none"), "--out",
+                 str(tmp_path / "e"), "--decodings", "plain", "best+4"])
+    err = capsys.readouterr().err
+    assert code != 0 and err.count("\n") == 1 and "decoding 'best+4'" in err
+    # A key=value after the decodings is a config override, not a decoding.
+    code = main(["evaluate", "--models", "m=no/such/model", "--data", str(tmp_path / "none"), "--out",
+                 str(tmp_path / "e"), "--decodings", "plain", "bootstrap=5"])
+    assert code != 0 and "bootstrap=5: give a whole number" in capsys.readouterr().err
+
+
+def test_each_model_generates_once_per_decoding(tiny_gemma2_dir, short_prepared, tmp_path):
+    # A tiny random Gemma 2: its text is noise, but the loop, the columns, the seeds and the loss are real.
+    cfg = config.load_config("evaluate", [
+        "n_samples=2", "generation.max_new_tokens=6", "bootstrap=100", "precision=fp32",
+        "decodings=[plain,{name: hot, do_sample: true, temperature: 1.0}]"], kind="evaluate")
+    scores = evaluate(cfg, out=str(tmp_path / "e"), models={"tiny": str(tiny_gemma2_dir)}, data=str(short_prepared),
+                      progress=False)
+    assert scores["models"] == ["tiny · plain", "tiny · hot"] and scores["n_samples"] == 2
+    plain, hot = scores["columns"]["tiny · plain"], scores["columns"]["tiny · hot"]
+    assert plain["settings"]["do_sample"] is False and plain["description"].startswith("greedy")
+    assert hot["settings"]["do_sample"] is True and "seed 0" in hot["description"]
+    assert plain["output_tokens"] > 0 and plain["seconds"] > 0
+    # The loss on the references is the model's, whatever the decoding: the same in both columns, per sample.
+    for row in scores["samples"]:
+        a, b = row["outputs"]["tiny · plain"], row["outputs"]["tiny · hot"]
+        assert a["loss"] == b["loss"] > 0 and a["loss_tokens"] == b["loss_tokens"] > 0
+    assert scores["aggregate"]["tiny · plain"]["loss"] == scores["aggregate"]["tiny · hot"]["loss"]
+    assert scores["intervals"]["models"]["tiny · hot"]["loss"] is not None
+    # Greedy is reproducible: a second run writes the same abstracts.
+    again = evaluate(config.load_config("evaluate", ["n_samples=2", "generation.max_new_tokens=6", "bootstrap=100",
+                                                     "precision=fp32", "decodings=[plain]"], kind="evaluate"),
+                     out=str(tmp_path / "e2"), models={"tiny": str(tiny_gemma2_dir)}, data=str(short_prepared),
+                     progress=False)
+    assert [r["outputs"]["tiny · plain"]["prediction"] for r in again["samples"]] == [
+        r["outputs"]["tiny · plain"]["prediction"] for r in scores["samples"]]
+    page = (tmp_path / "e" / "report.html").read_text(encoding="utf-8")
+    assert "<td>tiny · hot</td>" in page and "greedy, numbers unconstrained" in page

@@ -3,9 +3,14 @@
 # `accelerate launch --config_file configs/accelerate-fsdp*.yaml -m writemypaper train`. Per GPU peak memory is
 # nvidia-smi's memory.used (CUDA context and PyTorch's cache included), polled every 200 ms while a step runs.
 #
-#   bash bench/fsdp_9b.sh model lora          # make the model (~18 GB), one GPU vs FSDP2 LoRA: train, kill, resume
-#   bash bench/fsdp_9b.sh qlora               # one GPU vs FSDP1 QLoRA (configs/accelerate-fsdp-qlora.yaml)
+#   bash bench/fsdp_9b.sh model lora-fsdp     # make the model (~18 GB); FSDP2 LoRA: train, kill -9, resume, PEFT-load
+#   bash bench/fsdp_9b.sh lora-1gpu qlora-1gpu qlora-fsdp   # one GPU alone, and FSDP1 QLoRA, for the ratios
 #   bash bench/fsdp_9b.sh table               # the table of everything measured so far
+#
+# Each call fits one device command (BUDGET s; steps that no longer fit are skipped). The layers are not compiled
+# (EXTRA=compile_layers=false) so that compiling does not eat the budget; EXTRA= compiles them. FSDP shards the
+# weights (18.5 GB in bf16 at 9B), not the activations: with `fast`'s rows of 4,096 tokens and no gradient
+# checkpointing the activations are a large part of a GPU's peak, so read the ratio with that in mind.
 #
 # Device calls carry .whl (bash bench/fetch_wheels.sh) as bench/gpu_smoke.sh does; the model stays in $MODEL while
 # the machine is warm. Results: $OUT/fsdp.jsonl (one line a run), $OUT/log.txt, $OUT/steps.txt; the table prints last.
@@ -16,6 +21,7 @@ OUT=${OUT:-/tmp/wmp-fsdp}
 BUDGET=${BUDGET:-560}
 MODEL=${MODEL:-/tmp/gemma2-9b-random}
 STEPS=${STEPS:-8}
+EXTRA=${EXTRA:-compile_layers=false}
 mkdir -p "$OUT"
 export OUT MODEL
 cd "$(dirname "$0")/.."
@@ -35,7 +41,9 @@ left() { echo $((BUDGET - SECONDS)); }
 # run NAME NEEDS LIMIT CMD...: CMD under a time limit, with every GPU's memory polled; appends a line to fsdp.jsonl
 run() {
   local name=$1 needs=$2 limit=$3; shift 3
-  if (($(left) < needs)); then echo "$name: skipped ($(left) s left, needs $needs)" | tee -a "$OUT/steps.txt"; return 1; fi
+  if (($(left) < needs)); then
+    echo "$name: skipped ($(left) s left, needs $needs)" | tee -a "$OUT/steps.txt"; return 1
+  fi
   ((limit > $(left))) && limit=$(left)
   echo "=== $name ($(date -u +%H:%M:%S), limit ${limit}s): $*" >>"$LOG"
   nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 200 >"$OUT/mem-$name.csv" &
@@ -65,7 +73,7 @@ EOF
 }
 
 TRAIN="-m writemypaper train --data $OUT/prepared model=$MODEL training.eval_strategy=no early_stopping_patience=null \
-training.logging_steps=1 training.report_to=none"
+training.logging_steps=1 training.report_to=none $EXTRA"
 
 make_model() {
   # google/gemma-2-9b's shape (config.json), with Gemma 3's vocabulary size so that every id of the embedded
@@ -91,10 +99,15 @@ EOF
   python3 -m writemypaper prepare --input data/sample --out "$OUT/prepared" -q
 }
 
-# the LoRA path: one GPU, then FSDP2 on all; the FSDP run is killed after its first checkpoint and resumed
-lora() {
-  RUN_DIR=$OUT/lora-1gpu CUDA_VISIBLE_DEVICES=0 run lora-1gpu 150 240 python3 $TRAIN --config fast \
-    --out "$OUT/lora-1gpu" training.max_steps=$STEPS training.save_steps=1000
+# one GPU alone, the same preset and steps: the baseline of the ratios
+one_gpu() {  # one_gpu NAME PRESET
+  rm -rf "${OUT:?}/$1"
+  RUN_DIR=$OUT/$1 CUDA_VISIBLE_DEVICES=0 run "$1" 150 300 python3 $TRAIN --config "$2" --out "$OUT/$1" \
+    training.max_steps=$STEPS training.save_steps=1000
+}
+
+# FSDP2 LoRA on every GPU: killed after its checkpoint-2 is complete, resumed to the end, loaded by plain PEFT
+lora_fsdp() {
   local run_dir=$OUT/lora-fsdp
   rm -rf "$run_dir"
   # first part: until checkpoint-2 is complete, then kill -9 the whole launch
@@ -102,7 +115,7 @@ lora() {
     CUDA_VISIBLE_DEVICES=$ALL_GPUS setsid accelerate launch --config_file configs/accelerate-fsdp.yaml $TRAIN \
       --config fast --out "$run_dir" training.max_steps=$STEPS training.save_steps=2 >>"$LOG" 2>&1 &
     pid=$!
-    for _ in $(seq 1 900); do
+    for _ in $(seq 1 1500); do
       [ -f "$run_dir/checkpoints/checkpoint-2/writemypaper-complete" ] && break
       kill -0 $pid 2>/dev/null || break
       sleep 0.2
@@ -124,16 +137,16 @@ from transformers import AutoModelForCausalLM
 base, run = sys.argv[1], Path(sys.argv[2])
 adapters = sorted(p for p in run.glob("**/adapter_model.safetensors") if "checkpoints" not in p.parts)
 assert adapters == [run / "adapter_model.safetensors"], adapters
-model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16, device_map="cuda:0"), run)
+base_model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16, device_map="cuda:0")
+model = PeftModel.from_pretrained(base_model, run)
 b = [p for n, p in model.named_parameters() if "lora_B" in n]
 assert b and all(p.abs().sum() > 0 for p in b), "lora_B still zero: the adapter did not load or did not train"
 print(f"PEFT loaded {len(b)} trained lora_B matrices from {run}")
 EOF
 }
 
-qlora() {
-  RUN_DIR=$OUT/qlora-1gpu CUDA_VISIBLE_DEVICES=0 run qlora-1gpu 150 240 python3 $TRAIN --config low-memory \
-    --out "$OUT/qlora-1gpu" training.max_steps=$STEPS training.save_steps=1000
+qlora_fsdp() {
+  rm -rf "$OUT/qlora-fsdp"
   RUN_DIR=$OUT/qlora-fsdp CUDA_VISIBLE_DEVICES=$ALL_GPUS run qlora-fsdp 150 300 accelerate launch \
     --config_file configs/accelerate-fsdp-qlora.yaml $TRAIN --config low-memory --out "$OUT/qlora-fsdp" \
     training.max_steps=$STEPS training.save_steps=1000
@@ -153,18 +166,21 @@ EOF
 }
 
 export -f make_model
-[ $# -eq 0 ] && set -- model lora
+[ $# -eq 0 ] && set -- model lora-fsdp
 for s in "$@"; do
   case $s in
     model) run model 120 400 bash -c make_model ;;
-    lora) lora ;;
-    qlora) qlora ;;
+    lora-1gpu) one_gpu lora-1gpu fast ;;
+    lora-fsdp) lora_fsdp ;;
+    qlora-1gpu) one_gpu qlora-1gpu low-memory ;;
+    qlora-fsdp) qlora_fsdp ;;
     table) ;;
     *) echo "unknown step $s" | tee -a "$OUT/steps.txt" ;;
   esac
 done
 echo
-echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x$(nvidia-smi -L | wc -l)"
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), $GPU x$(nvidia-smi -L | wc -l)"
 cat "$OUT/steps.txt"
 table
 exit 0

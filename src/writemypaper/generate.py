@@ -376,11 +376,11 @@ def settings_from_config(cfg) -> GenerationSettings:
 
 
 def run(cfg, model: str | None, summary: str | None = None, input_path: str | None = None, data: str | None = None,
-        split: str | None = None, out: str | None = None, limit: int | None = None) -> list[dict] | None:
-    """The `generate` verb. One summary streams to the terminal; many get a progress bar and a JSONL file."""
+        split: str | None = None, out: str | None = None, limit: int | None = None,
+        save_candidates: bool = False) -> list[dict] | None:
+    """The `generate` verb. One summary streams to the terminal (or, with candidates, prints the best); many get a
+    progress bar and a JSONL file."""
     import sys
-
-    from writemypaper.atomic import atomic_write_jsonl
 
     sources = sum(x is not None for x in (summary, input_path, split))
     if sources != 1:
@@ -388,12 +388,20 @@ def run(cfg, model: str | None, summary: str | None = None, input_path: str | No
     if split is not None and data is None:
         raise UserError("--split needs --data PREPARED_DIR")
     settings = settings_from_config(cfg)
+    if save_candidates and out is None:
+        raise UserError("--save-candidates writes into the JSONL file: give --out FILE.jsonl")
     gen = Generator.load(model or cfg.model, precision=cfg.precision, instruction=cfg.get("instruction"))
     if summary is not None and out is None:
-        for piece in gen.stream(summary, settings):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
+        if settings.candidates == 1:
+            for piece in gen.stream(summary, settings):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            return None
+        [d] = gen.generate([summary], settings, details=True)
+        print(d["text"])
+        counts = ", ".join(str(len(c["unsupported"])) for c in d["candidates"])
+        print(f"best of {settings.candidates} candidates (unsupported facts, best first: {counts})", file=sys.stderr)
         return None
     if summary is not None:
         rows = [{"summary": summary}]
@@ -406,12 +414,28 @@ def run(cfg, model: str | None, summary: str | None = None, input_path: str | No
         rows = [{"doc_id": r["doc_id"], "summary": r["summary"], "reference": r["original"]} for r in ds]
     if limit:
         rows = rows[:limit]
-    outputs = gen.generate([r["summary"] for r in rows], settings, batch_size=cfg.batch_size, progress=True)
-    record_settings = asdict(settings) | {"model": model or cfg.model}
+    return _write_rows(cfg, gen, settings, rows, model or cfg.model, out, save_candidates)
+
+
+def _write_rows(cfg, gen: Generator, settings: GenerationSettings, rows: list[dict], model: str, out: str | None,
+                save_candidates: bool) -> list[dict]:
+    from writemypaper.atomic import atomic_write_jsonl
+
+    summaries = [r["summary"] for r in rows]
+    if save_candidates:
+        details = gen.generate(summaries, settings, batch_size=cfg.batch_size, progress=True, details=True)
+    else:  # no fact check needed beyond the ranking generate does itself
+        details = [{"candidates": [{"text": t} for t in texts]}
+                   for texts in gen.generate(summaries, settings, batch_size=cfg.batch_size, progress=True)]
+    # Every row says how it was written: grounding, candidates and sampling change what a reader should expect.
+    record_settings = asdict(settings) | {"do_sample": settings.sampling, "model": model}
     results = []
-    for r, outs in zip(rows, outputs):
-        for k, text in enumerate(outs):
-            results.append({**r, "generated": text, "sample": k, "settings": record_settings})
+    for r, d in zip(rows, details):
+        for k, cand in enumerate(d["candidates"][:settings.num_return_sequences]):
+            row = {**r, "generated": cand["text"], "sample": k, "settings": record_settings}
+            if save_candidates:
+                row["candidates"] = d["candidates"]
+            results.append(row)
     if out is None:
         for r in results:
             print(json.dumps(r, ensure_ascii=False))

@@ -133,7 +133,8 @@ def _cmd_serve(a: argparse.Namespace) -> int:
 
     serve.main(model=a.model, host=a.host, port=a.port, precision=a.precision, max_input_chars=a.max_input_chars,
                max_new_tokens=a.max_new_tokens, min_temperature=a.min_temperature, max_temperature=a.max_temperature,
-               queue_depth=a.queue_depth, max_batch_size=a.max_batch_size)
+               queue_depth=a.queue_depth, max_batch_size=a.max_batch_size, api_key=a.api_key,
+               allow_no_key=a.allow_no_key)
     return 0
 
 
@@ -276,7 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="an OpenAI-compatible API and a web page that writes an abstract from a summary",
         description="Serve a model over the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models, "
         "/health) and a web page at / where a summary becomes a streamed abstract with unsupported facts "
-        "highlighted.\n\nexample:\n  writemypaper serve --model runs/demo --port 8000",
+        "highlighted. Requests may set \"grounded\" (default true) and \"candidates\" (default 1) in the body; the "
+        "page has a checkbox and a selector for them.\n\nTo serve beyond this machine (a lab server, a tunnel from "
+        "Colab), require a key: --api-key KEY or WRITEMYPAPER_API_KEY; clients send 'Authorization: Bearer KEY' (the "
+        "openai client's api_key), the page asks for it once.\n\nexamples:\n"
+        "  writemypaper serve --model runs/demo --port 8000\n"
+        "  WRITEMYPAPER_API_KEY=$(openssl rand -hex 16) writemypaper serve --model runs/demo --host 0.0.0.0",
         formatter_class=_Formatter,
     )
     sp.add_argument("--model", default=None, help="training run, model directory or 'gemma3-270m' (the default)")
@@ -288,7 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--min-temperature", type=float, default=0.0)
     sp.add_argument("--max-temperature", type=float, default=2.0)
     sp.add_argument("--queue-depth", type=_positive_int, default=64, help="requests waiting before 429")
-    sp.add_argument("--max-batch-size", type=_positive_int, default=8, help="requests batched on the model at once")
+    sp.add_argument("--max-batch-size", type=_positive_int, default=8,
+                    help="sequences batched on the model at once (also the most n and candidates a request may ask)")
+    sp.add_argument("--api-key", default=None, metavar="KEY",
+                    help="require 'Authorization: Bearer KEY' on /v1 (default: $WRITEMYPAPER_API_KEY, else none)")
+    sp.add_argument("--allow-no-key", action="store_true",
+                    help="serve a non-loopback --host without an API key (refused otherwise)")
     sp.set_defaults(func=_cmd_serve)
 
     # export -------------------------------------------------------------------------------------------------------

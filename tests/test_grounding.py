@@ -34,7 +34,8 @@ def test_gemma_writes_digits_one_token_each_and_has_byte_digits(embedded_tokeniz
     # heading tags. The table holds all of them, with the text they decode to.
     with_digits = {t for t in table.texts.values() if re.search("[0-9]", t)}
     assert {str(d) for d in range(10)} <= with_digits
-    assert with_digits - {str(d) for d in range(10)} == {f"<h{k}>" for k in range(1, 7)} | {f"</h{k}>" for k in range(1, 7)}
+    headings = {f"<h{k}>" for k in range(1, 7)} | {f"</h{k}>" for k in range(1, 7)}
+    assert with_digits - {str(d) for d in range(10)} == headings
     assert table.texts[tok.convert_tokens_to_ids("<0x35>")] == "5"
     # Digits of other scripts exist in the vocabulary; grounding never lets them through.
     assert len(table.foreign) > 100

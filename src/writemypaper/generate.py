@@ -138,7 +138,9 @@ class LogprobRecorder:
         """(rows, generated tokens) log-probabilities, once generation is over."""
         import torch
 
-        steps = self.steps + ([self.previous.gather(1, new_ids[:, -1:]).squeeze(1)] if self.previous is not None else [])
+        steps = list(self.steps)
+        if self.previous is not None:
+            steps.append(self.previous.gather(1, new_ids[:, -1:]).squeeze(1))
         return torch.stack(steps, 1)[:, :new_ids.shape[1]].cpu()
 
 
@@ -217,7 +219,8 @@ class Generator:
             means = self._mean_logprobs(record.per_token(new), new) if scored else [None] * len(texts)
             k = settings.rows_per_summary
             for j, i in enumerate(idx):
-                cands = [{"text": t, "mean_logprob": m} for t, m in zip(texts[j * k:(j + 1) * k], means[j * k:(j + 1) * k])]
+                rows = slice(j * k, (j + 1) * k)
+                cands = [{"text": t, "mean_logprob": m} for t, m in zip(texts[rows], means[rows])]
                 results[i] = rank(summaries[i], cands, sort=settings.candidates > 1) if scored else cands
             bar.update(len(idx))
         bar.close()
@@ -279,6 +282,10 @@ class Generator:
             raise error[0]
 
 
+# One Kiwi instance serves the process: the server checks texts on other threads while the model's thread ranks.
+FACT_CHECK_LOCK = threading.Lock()
+
+
 def rank(summary: str, candidates: list[dict], sort: bool = True) -> list[dict]:
     """Candidates (dicts with "text" and "mean_logprob") scored by the fact check and, if `sort`, sorted best first:
     fewest unsupported facts, then most coverage of the summary, then highest mean log-probability."""
@@ -286,7 +293,8 @@ def rank(summary: str, candidates: list[dict], sort: bool = True) -> list[dict]:
 
     scored = []
     for c in candidates:
-        f = faithfulness(summary, c["text"])
+        with FACT_CHECK_LOCK:
+            f = faithfulness(summary, c["text"])
         scored.append({"text": c["text"], "unsupported": f["unsupported"], "coverage": round(f["coverage"], 4),
                        "mean_logprob": c["mean_logprob"]})
     if not sort:

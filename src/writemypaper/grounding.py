@@ -238,7 +238,8 @@ class GroundedNumbers:
         # A number is a few dozen tokens at most, so the recent tail of each row is enough to find the open one.
         generated = input_ids[:, max(self.prompt_length, input_ids.shape[1] - 64):].tolist()
         vocab = scores.shape[-1]
-        budget = None if self.max_new_tokens is None else self.max_new_tokens - (input_ids.shape[1] - self.prompt_length)
+        written = input_ids.shape[1] - self.prompt_length
+        budget = None if self.max_new_tokens is None else self.max_new_tokens - written
         for r, ids in enumerate(generated):
             g_index = r // self.per_summary
             run = self.table.trailing_run(ids)

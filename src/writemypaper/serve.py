@@ -43,7 +43,7 @@ from starlette.exceptions import HTTPException
 
 from writemypaper import metrics, prompts
 from writemypaper.errors import UserError
-from writemypaper.generate import GenerationSettings, Generator
+from writemypaper.generate import FACT_CHECK_LOCK, GenerationSettings, Generator
 from writemypaper.models import EMBEDDED
 
 log = logging.getLogger("writemypaper.serve")
@@ -465,7 +465,7 @@ def is_loopback(host: str) -> bool:
         return False  # a host name other than localhost may resolve anywhere
 
 
-_check_lock = threading.Lock()
+_check_lock = FACT_CHECK_LOCK  # shared with the ranking of candidates, which runs on the model's thread
 
 
 def check(summary: str, text: str) -> dict:

@@ -232,3 +232,55 @@ def test_adapter_checks_row_count(table):
     p = GroundedNumbers(table, ["1"], prompt_length=0, per_summary=2)
     with pytest.raises(ValueError):
         p(torch.zeros((3, 1), dtype=torch.long), torch.zeros((3, 10)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# on a GPU (run on the device): the same constraint with the scores on CUDA, multi-digit tokens included
+
+
+def _word_tokenizer():
+    """Gemma's special tokens plus words, some of them whole numbers ("1,250", "2019"), so that one token can carry
+    a number, and nothing is downloaded."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+    words = ["1,250", "4,321", "2019", "2020", "12", "명", "년", "조사", "하였다", "."] + [f"w{i}" for i in range(100)]
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(specials + words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>", additional_special_tokens=specials[4:])
+
+
+@pytest.mark.gpu
+def test_grounding_on_cuda():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (run on the device)")
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from writemypaper.generate import GenerationSettings, Generator
+
+    tok = _word_tokenizer()
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(Gemma2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                                           num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                           head_dim=32, bos_token_id=2, eos_token_id=1, pad_token_id=0))
+    gen = Generator(model.to("cuda", torch.bfloat16), tok)
+    summaries = ["1,250 명 조사 하였다", "2019 년 조사 하였다"]
+    invented, own = tok.convert_tokens_to_ids("4,321"), tok.convert_tokens_to_ids("1,250")
+    outs = pushed_generate(gen, summaries, [[invented] * 6, [own] * 6], max_new_tokens=6)
+    assert "4,321" not in outs[0] and "1,250" not in outs[1]
+    assert pushed_generate(gen, summaries[:1], [[own]], max_new_tokens=2)[0].startswith("1,250")
+    assert "4,321" in pushed_generate(gen, summaries[:1], [[invented]], grounded=False, max_new_tokens=2)[0]
+    # The log-probabilities that rank candidates, recorded on the device, match transformers' own.
+    from writemypaper.generate import LogprobRecorder
+
+    settings = GenerationSettings(max_new_tokens=5, do_sample=False, repetition_penalty=1.0)
+    enc, record = gen._encode(summaries), LogprobRecorder()
+    with torch.inference_mode():
+        out = gen.model.generate(**enc, **settings.generate_kwargs(tok), logits_processor=[record],
+                                 output_logits=True, return_dict_in_generate=True)
+    expected = gen.model.compute_transition_scores(out.sequences, out.logits, normalize_logits=True)
+    new = out.sequences[:, enc["input_ids"].shape[1]:]
+    assert torch.allclose(record.per_token(new), expected.float().cpu(), atol=1e-3)

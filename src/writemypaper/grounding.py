@@ -195,9 +195,10 @@ class Grounding:
                 ok += whole
             if longer and self.ended_ok(extended):
                 ok += [i for i in longer if self._text_ok(t.rest[i], left)]
-        if not self.ended_ok(run):
+        if not self.ended_ok(run) and ok:
             # The number is unfinished: only tokens that continue it may follow (no stop, no other text).
-            return ("allow", tuple(sorted(ok))) if ok else ("ban", ())
+            return "allow", tuple(sorted(ok))
+        # Finished, or (in a vocabulary with no token to go on with) stuck: other text may follow, no wrong number.
         ok_set = set(ok)
         banned = [i for i, runs in t.fresh.items()
                   if not ((i in ok_set) if _starts_with_number(t.texts[i]) else self._text_ok(runs, left))]

@@ -64,6 +64,23 @@ def score(summaries, texts) -> dict:
             "unsupported_rate_micro": round(unsupported / max(facts, 1), 3), "facts": facts}
 
 
+def timing(gen, summaries, base, candidates: int, reps: int) -> list[dict]:
+    """Tokens/s of plain, grounded and grounded-with-candidates decoding, run in turn `reps` times so that a shared
+    machine's load falls on all three alike; the median of each."""
+    from statistics import median
+
+    kinds = {"plain (ungrounded)": replace(base, grounded=False), "grounded": base,
+             f"grounded + {candidates} candidates": replace(base, candidates=candidates)}
+    seen: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(reps):
+        for name, s in kinds.items():
+            _, tokens, seconds = run_setting(gen, summaries, s)
+            seen[name].append(tokens / seconds)
+    plain = median(seen["plain (ungrounded)"])
+    return [{"setting": name, "tokens_per_s": round(median(v), 2), "runs": [round(x, 2) for x in v],
+             "vs_plain": round(median(v) / plain, 3)} for name, v in seen.items()]
+
+
 def main() -> None:
     import torch
     import transformers
@@ -79,6 +96,8 @@ def main() -> None:
     p.add_argument("--candidates", type=int, default=4)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--timing", type=int, default=0, metavar="REPS",
+                   help="only time plain/grounded/candidates decoding, in turn, REPS times each")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     if a.threads:
@@ -95,6 +114,10 @@ def main() -> None:
         f"grounded + {a.candidates} candidates": (replace(base, candidates=a.candidates), False),
     }
     gen.generate(summaries[:2], replace(base, max_new_tokens=4), batch_size=2)  # warm-up, and the grounding table
+    if a.timing:
+        for row in timing(gen, summaries, base, a.candidates, a.timing):
+            print(json.dumps(row, ensure_ascii=False), flush=True)
+        return
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": str(gen.device),
             "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "transformers": transformers.__version__, "model": a.model,

@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="let the model write any number, not only the summary's (grounding is on by default)")
     sp.add_argument("--candidates", type=_positive_int, default=None, metavar="N",
                     help="sample N abstracts per summary (1-16, needs sampling) and keep the best by the fact check "
-                         "(default: the preset's, 1)")
+                         "(None: the preset's, which is 1)")
     sp.add_argument("--save-candidates", action="store_true",
                     help="with --out: also write every candidate with its unsupported facts, coverage and mean "
                          "log-probability")

@@ -153,6 +153,13 @@ BAD = {
     "unknown role": (OK | {"messages": [{"role": "wizard", "content": "x"}]}, 400, "messages.0.role", None),
     "n with stream": (OK | {"n": 2, "stream": True}, 400, "n", None),
     "seed negative": (OK | {"seed": -1}, 400, "seed", None),
+    "candidates zero": (OK | {"candidates": 0}, 400, "candidates", None),
+    "candidates over max_batch_size": (OK | {"candidates": 9}, 400, "candidates", None),
+    "candidates a string": (OK | {"candidates": "2"}, 400, "candidates", "invalid_type"),
+    "candidates with stream": (OK | {"candidates": 2, "stream": True}, 400, "candidates", None),
+    "candidates with greedy": (OK | {"candidates": 2, "temperature": 0}, 400, "candidates", None),
+    "n over candidates": (OK | {"candidates": 2, "n": 3}, 400, "n", None),
+    "grounded a string": (OK | {"grounded": "yes"}, 400, "grounded", "invalid_type"),
     "unknown model": (OK | {"model": "gpt-4o"}, 404, "model", "model_not_found"),
 }
 
@@ -314,3 +321,90 @@ def test_concurrent_requests_are_all_answered_and_batched(client, url):
     # Six plain requests with equal settings share model calls; two streams get a call each.
     assert after["served"]["model_calls"] - before["model_calls"] < 8
     assert after["served"]["largest_batch"] >= 2
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# grounding and candidates, asked for per request
+
+
+def test_grounded_candidates_through_the_client(client):
+    """Real model: four candidates, grounded, best first; only the summary's numbers appear in what comes back."""
+    import re
+
+    r = chat(client, max_tokens=24, temperature=1.0, seed=5, extra_body={"candidates": 4, "grounded": True})
+    text = r.choices[0].message.content
+    assert all(m.group().rstrip(".,") in {"1,200", "1200", "2019", "2,019"}
+               for m in re.finditer(r"[0-9][0-9.,]*", text)), text
+    facts = r.choices[0].model_extra["writemypaper"]["unsupported"]
+    assert not [f for f in facts if f["kind"] in ("number", "year")], facts
+
+
+class Recording(GatedGenerator):
+    """Opens its gate at once and remembers the settings of each call."""
+
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer)
+        self.gate.set()
+        self.settings = []
+
+    def generate(self, summaries, settings, batch_size=8, stop=None):
+        self.settings.append(settings)
+        return super().generate(summaries, settings, batch_size, stop)
+
+
+def test_request_fields_reach_the_generator(generator):
+    rec = Recording(generator.tokenizer)
+    with serving(create_app(rec, LIMITS)) as url:
+        assert httpx.post(f"{url}/v1/chat/completions", json=OK).status_code == 200
+        body = OK | {"candidates": 3, "grounded": False, "temperature": 0.9}
+        assert httpx.post(f"{url}/v1/chat/completions", json=body).status_code == 200
+    default, asked = rec.settings
+    assert default.grounded is True and default.candidates == 1
+    assert asked.grounded is False and asked.candidates == 3 and asked.rows_per_summary == 3
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the API key
+
+
+KEY = "sk-test-0123456789"
+
+
+def test_api_key_right_wrong_and_none(generator):
+    rec = Recording(generator.tokenizer)
+    with serving(create_app(rec, LIMITS, model_name=MODEL, api_key=KEY)) as url:
+        right = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+        assert chat(right).choices[0].message.content == rec.text
+        assert [m.id for m in right.models.list().data] == [MODEL]
+        wrong = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as e:
+            chat(wrong)
+        assert e.value.status_code == 401 and e.value.body["code"] == "invalid_api_key"
+        with pytest.raises(openai.AuthenticationError):
+            wrong.models.list()
+        # No key at all: the client leaves the Authorization header out when told to.
+        with pytest.raises(openai.AuthenticationError) as e:
+            chat(right, extra_headers={"Authorization": openai.omit})
+        assert "needs an API key" in e.value.body["message"]
+        for r in (httpx.post(f"{url}/v1/chat/completions", json=OK),
+                  httpx.post(f"{url}/v1/writemypaper/check", json={"summary": SUMMARY, "text": "x"}),
+                  httpx.get(f"{url}/v1/no-such-route", headers={"Authorization": "Basic " + KEY})):
+            assert_openai_error(r, 401, code="invalid_api_key")
+            assert r.headers["www-authenticate"] == "Bearer"
+        assert len(rec.settings) == 1  # only the request with the right key reached the model
+        # The page and the health check stay open, and the page learns that it must ask for a key.
+        assert httpx.get(f"{url}/").status_code == 200 and httpx.get(f"{url}/static/app.js").status_code == 200
+        assert health(url)["api_key_required"] is True
+
+
+def test_no_key_beyond_loopback_is_refused(capsys, monkeypatch):
+    from writemypaper.cli import main
+    from writemypaper.serve import is_loopback
+
+    monkeypatch.delenv("WRITEMYPAPER_API_KEY", raising=False)
+    assert main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--api-key" in err[0] and "--allow-no-key" in err[0]
+    assert main(["serve", "--api-key", "has space"]) == 2
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and is_loopback("127.0.0.2")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.0.10") and not is_loopback("example.org")

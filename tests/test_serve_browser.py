@@ -117,3 +117,61 @@ def test_busy_server_says_so(page):
     page.click("#write")
     page.wait_for_selector("#status.error")
     assert "서버가 바쁩니다" in page.text_content("#status")
+
+
+def test_grounding_and_candidates_are_sent_and_the_best_is_shown(page):
+    sent = []
+    page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/v1/chat/completions") else None)
+    page.fill("#summary", SUMMARY)
+    assert page.is_checked("#grounded")  # on by default
+    page.uncheck("#grounded")
+    page.select_option("#candidates", "4")
+    page.click("#write")
+    page.wait_for_selector("#output mark", timeout=30_000)
+    assert page.locator("#output mark").all_text_contents() == ["1999년", "87%"]
+    assert page.text_content("#output") == ABSTRACT
+    assert "후보 4편" in page.text_content("#status")
+    assert sent[-1]["candidates"] == 4 and sent[-1]["grounded"] is False and not sent[-1].get("stream")
+    # Back to one candidate: streamed again, grounded again.
+    page.check("#grounded")
+    page.select_option("#candidates", "1")
+    page.click("#write")
+    page.wait_for_selector("#output mark", timeout=30_000)
+    assert sent[-1]["stream"] is True and sent[-1]["grounded"] is True and "candidates" not in sent[-1]
+
+
+KEY = "sk-page-0123456789"
+
+
+@pytest.fixture(scope="module")
+def keyed_url():
+    with serving(create_app(ScriptedGenerator(ABSTRACT, delay=0.01), Limits(max_input_chars=200), api_key=KEY)) as url:
+        yield url
+
+
+def test_the_page_asks_for_the_key_once_and_sends_it(browser, keyed_url):
+    context = browser.new_context(locale="ko-KR")
+    page = context.new_page()
+    page.goto(keyed_url + "/")
+    page.wait_for_selector("#key-form:not([hidden])")
+    assert "API 키" in page.text_content("#status")
+    # A wrong key: the server refuses, and the page asks again.
+    page.fill("#api-key", "sk-wrong")
+    page.click("#save-key")
+    page.fill("#summary", SUMMARY)
+    page.click("#write")
+    page.wait_for_selector("#key-form:not([hidden])")
+    assert "맞지 않습니다" in page.text_content("#status")
+    page.fill("#api-key", KEY)
+    page.click("#save-key")
+    page.click("#write")
+    page.wait_for_selector("#output mark", timeout=30_000)
+    assert page.text_content("#output") == ABSTRACT
+    # Kept in this browser: a reload does not ask again, and writing works at once.
+    page.reload()
+    page.wait_for_selector("#model:not(:empty)")
+    assert page.is_hidden("#key-form")
+    page.fill("#summary", SUMMARY)
+    page.click("#write")
+    page.wait_for_selector("#output mark", timeout=30_000)
+    context.close()

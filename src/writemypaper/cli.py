@@ -91,15 +91,18 @@ def _cmd_generate(a: argparse.Namespace) -> int:
 
     overrides, text = _split_overrides(a.args)
     flags = {"temperature": a.temperature, "top_p": a.top_p, "top_k": a.top_k, "repetition_penalty": a.repetition_penalty,
-             "max_new_tokens": a.max_new_tokens, "num_return_sequences": a.num_return_sequences, "seed": a.seed}
+             "max_new_tokens": a.max_new_tokens, "num_return_sequences": a.num_return_sequences, "seed": a.seed,
+             "candidates": a.candidates}
     overrides += [f"generation.{k}={v}" for k, v in flags.items() if v is not None]
     if a.greedy:
         overrides.append("generation.do_sample=false")
+    if a.no_grounding:
+        overrides.append("generation.grounded=false")
     if a.batch_size is not None:
         overrides.append(f"batch_size={a.batch_size}")
     cfg = config.load_config(a.config, overrides, kind="generate")
     generate.run(cfg, model=a.model, summary=" ".join(text) if text else None, input_path=a.input, data=a.data,
-                 split=a.split, out=a.out, limit=a.limit)
+                 split=a.split, out=a.out, limit=a.limit, save_candidates=a.save_candidates)
     return 0
 
 
@@ -134,7 +137,8 @@ def _cmd_serve(a: argparse.Namespace) -> int:
 
     serve.main(model=a.model, host=a.host, port=a.port, precision=a.precision, max_input_chars=a.max_input_chars,
                max_new_tokens=a.max_new_tokens, min_temperature=a.min_temperature, max_temperature=a.max_temperature,
-               queue_depth=a.queue_depth, max_batch_size=a.max_batch_size)
+               queue_depth=a.queue_depth, max_batch_size=a.max_batch_size, api_key=a.api_key,
+               allow_no_key=a.allow_no_key)
     return 0
 
 
@@ -210,10 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="write abstracts from summaries: one streamed, or many in batches to JSONL",
         description="Write full abstracts from summaries with a base model, a training run or a merged export. "
         "One summary streams to the terminal; --input or --split generate in batches with a progress bar.\n\n"
+        "Faithful by default: numbers are grounded (the model can write a number only if the summary holds it, in "
+        "any written form: 1,250 or 1250), and the repetition penalty covers the generated text only, so copying the "
+        "summary's figures and terms is not punished. --candidates N samples N abstracts per summary in one batched "
+        "call and keeps the one with the fewest unsupported facts, then the most coverage of the summary, then the "
+        "highest mean log-probability. Every JSONL row records the settings it was written with.\n\n"
         "examples:\n"
         "  writemypaper generate \"한ㆍ중ㆍ일 세 나라의 정치 태도를 비교하였다.\" --model runs/demo\n"
         "  writemypaper generate --input summaries.txt --model runs/demo --out abstracts.jsonl\n"
-        "  writemypaper generate --data prepared --split test --model runs/demo --out test.jsonl",
+        "  writemypaper generate --data prepared --split test --model runs/demo --out test.jsonl\n"
+        "  writemypaper generate --input summaries.txt --model runs/demo --candidates 4 --save-candidates --out c.jsonl",
         formatter_class=_Formatter,
     )
     sp.add_argument("args", nargs="*", metavar="SUMMARY|KEY=VALUE", help="a summary, and/or config overrides")
@@ -233,6 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--num-return-sequences", type=_positive_int, default=None)
     sp.add_argument("--seed", type=int, default=None, help="makes sampled output reproducible")
     sp.add_argument("--greedy", action="store_true", help="greedy decoding (no sampling)")
+    sp.add_argument("--no-grounding", action="store_true",
+                    help="let the model write any number, not only the summary's (grounding is on by default)")
+    sp.add_argument("--candidates", type=_positive_int, default=None, metavar="N",
+                    help="sample N abstracts per summary (1-16, needs sampling) and keep the best by the fact check "
+                         "(None: the preset's, which is 1)")
+    sp.add_argument("--save-candidates", action="store_true",
+                    help="with --out: also write every candidate with its unsupported facts, coverage and mean "
+                         "log-probability")
     sp.set_defaults(func=_cmd_generate)
 
     # evaluate -----------------------------------------------------------------------------------------------------
@@ -267,7 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="an OpenAI-compatible API and a web page that writes an abstract from a summary",
         description="Serve a model over the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models, "
         "/health) and a web page at / where a summary becomes a streamed abstract with unsupported facts "
-        "highlighted.\n\nexample:\n  writemypaper serve --model runs/demo --port 8000",
+        "highlighted. Requests may set \"grounded\" (default true) and \"candidates\" (default 1) in the body; the "
+        "page has a checkbox and a selector for them.\n\nTo serve beyond this machine (a lab server, a tunnel from "
+        "Colab), require a key: --api-key KEY or WRITEMYPAPER_API_KEY; clients send 'Authorization: Bearer KEY' (the "
+        "openai client's api_key), the page asks for it once.\n\nexamples:\n"
+        "  writemypaper serve --model runs/demo --port 8000\n"
+        "  WRITEMYPAPER_API_KEY=$(openssl rand -hex 16) writemypaper serve --model runs/demo --host 0.0.0.0",
         formatter_class=_Formatter,
     )
     sp.add_argument("--model", default=None, help="training run, model directory or 'gemma3-270m' (the default)")
@@ -279,7 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--min-temperature", type=float, default=0.0)
     sp.add_argument("--max-temperature", type=float, default=2.0)
     sp.add_argument("--queue-depth", type=_positive_int, default=64, help="requests waiting before 429")
-    sp.add_argument("--max-batch-size", type=_positive_int, default=8, help="requests batched on the model at once")
+    sp.add_argument("--max-batch-size", type=_positive_int, default=8,
+                    help="sequences batched on the model at once (also the most n and candidates a request may ask)")
+    sp.add_argument("--api-key", default=None, metavar="KEY",
+                    help="require 'Authorization: Bearer KEY' on /v1 (default: $WRITEMYPAPER_API_KEY, else none)")
+    sp.add_argument("--allow-no-key", action="store_true",
+                    help="serve a non-loopback --host without an API key (refused otherwise)")
     sp.set_defaults(func=_cmd_serve)
 
     # export -------------------------------------------------------------------------------------------------------

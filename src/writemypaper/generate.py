@@ -20,7 +20,10 @@ from writemypaper.errors import UserError
 @dataclass
 class GenerationSettings:
     """Defaults suit abstracts: sampling at a moderate temperature with a repetition penalty, because greedy
-    decoding with no repetition control loops on small models."""
+    decoding with no repetition control loops on small models. The penalty covers the generated tokens only: this
+    task must copy the summary's numbers and terms. `grounded` lets the model write only numbers the summary holds
+    (writemypaper.grounding); `candidates` > 1 samples that many abstracts per summary in one batched call and ranks
+    them by the fact check (fewest unsupported facts, then most coverage, then highest mean log-probability)."""
 
     max_new_tokens: int = 512
     temperature: float = 0.7
@@ -30,6 +33,8 @@ class GenerationSettings:
     num_return_sequences: int = 1
     do_sample: bool = True
     seed: int | None = 0
+    grounded: bool = True
+    candidates: int = 1
 
     def validate(self) -> "GenerationSettings":
         problems = []
@@ -45,9 +50,29 @@ class GenerationSettings:
             problems.append(f"repetition_penalty={self.repetition_penalty} is not in [0.5, 3]")
         if not 1 <= self.num_return_sequences <= 16:
             problems.append(f"num_return_sequences={self.num_return_sequences} is not in [1, 16]")
+        if not isinstance(self.grounded, bool):
+            problems.append(f"grounded={self.grounded!r} is not true or false")
+        if not isinstance(self.candidates, int) or not 1 <= self.candidates <= 16:
+            problems.append(f"candidates={self.candidates} is not in [1, 16]")
+        elif self.candidates > 1:
+            if not self.sampling:
+                problems.append(f"candidates={self.candidates} needs sampling (do_sample=true, temperature > 0): "
+                                "greedy decoding writes the same abstract every time")
+            if self.num_return_sequences > self.candidates:
+                problems.append(f"num_return_sequences={self.num_return_sequences} is more than "
+                                f"candidates={self.candidates}: the best ones are returned out of the candidates")
         if problems:
             raise UserError("; ".join(problems))
         return self
+
+    @property
+    def sampling(self) -> bool:
+        return self.do_sample and self.temperature > 0
+
+    @property
+    def rows_per_summary(self) -> int:
+        """Sequences generated for each summary: the candidates, or the abstracts asked for."""
+        return max(self.candidates, self.num_return_sequences)
 
     @classmethod
     def from_dict(cls, d: dict) -> "GenerationSettings":
@@ -58,20 +83,65 @@ class GenerationSettings:
         return cls(**d).validate()
 
     def generate_kwargs(self, tokenizer) -> dict:
-        sample = self.do_sample and self.temperature > 0
+        """Keyword arguments for `model.generate`, without the repetition penalty: transformers would apply it to
+        the prompt too. `Generator` adds it (and grounding) as logits processors; see `logits_processors`."""
         kw = dict(
             max_new_tokens=self.max_new_tokens,
-            do_sample=sample,
-            repetition_penalty=self.repetition_penalty,
-            num_return_sequences=self.num_return_sequences,
+            do_sample=self.sampling,
+            repetition_penalty=1.0,  # explicit, so a model's generation_config cannot bring the prompt-wide one back
+            num_return_sequences=self.rows_per_summary,
             eos_token_id=prompts.stop_token_ids(tokenizer),
             pad_token_id=tokenizer.pad_token_id,
         )
-        if sample:
+        if self.sampling:
             kw.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
         else:
             kw.update(temperature=None, top_p=None, top_k=None)
         return kw
+
+
+def logits_processors(settings: GenerationSettings, prompt_length: int, summaries: list[str] | None = None,
+                      table=None, record=None) -> list:
+    """The processors `Generator` passes to `model.generate`, in order: the log-probability recorder (raw logits),
+    the repetition penalty over generated tokens only, then grounded numbers."""
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    procs = [] if record is None else [record]
+    if settings.repetition_penalty != 1.0:
+        # An int prompt_ignore_length cuts every row at the same column: prompts are left-padded to one length,
+        # so that column is where each row's generated text begins.
+        procs.append(RepetitionPenaltyLogitsProcessor(float(settings.repetition_penalty),
+                                                      prompt_ignore_length=prompt_length))
+    if settings.grounded:
+        from writemypaper.grounding import GroundedNumbers
+
+        procs.append(GroundedNumbers(table, summaries, prompt_length, per_summary=settings.rows_per_summary,
+                                     max_new_tokens=settings.max_new_tokens))
+    return procs
+
+
+class LogprobRecorder:
+    """Records the model's log-probability of each token it picks, from the raw logits (before penalty, grounding
+    and temperature). Keeping `output_scores` instead would hold steps x rows x 262k floats; this holds one step."""
+
+    def __init__(self):
+        self.previous = None
+        self.steps = []
+
+    def __call__(self, input_ids, scores):
+        if self.previous is not None:  # the token picked from the previous step's distribution is now known
+            self.steps.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.previous = scores.float().log_softmax(-1)
+        return scores
+
+    def per_token(self, new_ids):
+        """(rows, generated tokens) log-probabilities, once generation is over."""
+        import torch
+
+        steps = list(self.steps)
+        if self.previous is not None:
+            steps.append(self.previous.gather(1, new_ids[:, -1:]).squeeze(1))
+        return torch.stack(steps, 1)[:, :new_ids.shape[1]].cpu()
 
 
 class Generator:
@@ -83,6 +153,7 @@ class Generator:
         self.tokenizer.padding_side = "left"  # batched generation needs the prompts flush right
         self.instruction = instruction
         self.lock = threading.Lock()  # one generate call on the model at a time (the server shares one Generator)
+        self._numbers = None
 
     @classmethod
     def load(cls, model: str | None = None, precision: str = "auto", device: str | None = None,
@@ -96,37 +167,76 @@ class Generator:
     def device(self):
         return next(self.model.parameters()).device
 
+    @property
+    def number_table(self):
+        """The tokenizer's table for grounded numbers, built on first use (a fraction of a second)."""
+        if self._numbers is None:
+            from writemypaper.grounding import NumberTable
+
+            self._numbers = NumberTable.from_tokenizer(self.tokenizer)
+        return self._numbers
+
     def _encode(self, summaries: list[str]):
         texts = [prompts.render_prompt(s, self.instruction, self.tokenizer.bos_token) for s in summaries]
         return self.tokenizer(texts, add_special_tokens=False, return_tensors="pt", padding=True).to(self.device)
 
+    def _processors(self, settings, enc, summaries, record=None) -> dict:
+        from transformers import LogitsProcessorList
+
+        table = self.number_table if settings.grounded else None
+        procs = logits_processors(settings, enc["input_ids"].shape[1], summaries, table, record)
+        return {"logits_processor": LogitsProcessorList(procs)} if procs else {}
+
     def generate(self, summaries: list[str], settings: GenerationSettings | None = None, batch_size: int = 8,
-                 progress: bool = False, stop: Callable[[], bool] | None = None) -> list[list[str]]:
-        """One list of `num_return_sequences` abstracts per summary, in input order. `stop()` returning true ends
-        generation within a token (the server uses it when its clients have gone)."""
+                 progress: bool = False, stop: Callable[[], bool] | None = None, details: bool = False) -> list:
+        """One list of `num_return_sequences` abstracts per summary, in input order, best first when
+        `candidates` > 1. `batch_size` counts summaries per model call (each brings `rows_per_summary` sequences).
+        `stop()` returning true ends generation within a token (the server uses it when its clients have gone).
+
+        details=True returns, per summary, {"text": the best, "candidates": [{"text", "unsupported", "coverage",
+        "mean_logprob"}, ...]} (ranked when candidates > 1, else in sampled order)."""
         import torch
         from tqdm.auto import tqdm
 
         settings = (settings or GenerationSettings()).validate()
+        scored = details or settings.candidates > 1
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
         # Sort by length so each batch pads little; restore the order at the end.
         order = sorted(range(len(summaries)), key=lambda i: len(summaries[i]), reverse=True)
-        results: dict[int, list[str]] = {}
+        results: dict[int, list[dict]] = {}
         bar = tqdm(total=len(summaries), desc="generating", unit="abstract", disable=not progress)
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            enc = self._encode([summaries[i] for i in idx])
+            batch = [summaries[i] for i in idx]
+            enc = self._encode(batch)
+            record = LogprobRecorder() if scored else None
             with self.lock, torch.inference_mode():
-                out = self.model.generate(**enc, **settings.generate_kwargs(self.tokenizer), **_stopping(stop))
+                out = self.model.generate(**enc, **settings.generate_kwargs(self.tokenizer), **_stopping(stop),
+                                          **self._processors(settings, enc, batch, record))
             new = out[:, enc["input_ids"].shape[1]:]
             texts = [self.decode(row) for row in new]
-            n = settings.num_return_sequences
+            means = self._mean_logprobs(record.per_token(new), new) if scored else [None] * len(texts)
+            k = settings.rows_per_summary
             for j, i in enumerate(idx):
-                results[i] = texts[j * n:(j + 1) * n]
+                rows = slice(j * k, (j + 1) * k)
+                cands = [{"text": t, "mean_logprob": m} for t, m in zip(texts[rows], means[rows])]
+                results[i] = rank(summaries[i], cands, sort=settings.candidates > 1) if scored else cands
             bar.update(len(idx))
         bar.close()
-        return [results[i] for i in range(len(summaries))]
+        ordered = [results[i] for i in range(len(summaries))]
+        if details:
+            return [{"text": c[0]["text"], "candidates": c} for c in ordered]
+        return [[c["text"] for c in cands[:settings.num_return_sequences]] for cands in ordered]
+
+    def _mean_logprobs(self, logprobs, new) -> list[float]:
+        """Mean log-probability of each row's tokens up to and including its first stop token."""
+        stops = set(prompts.stop_token_ids(self.tokenizer))
+        means = []
+        for row, lp in zip(new.tolist(), logprobs):
+            n = next((k + 1 for k, t in enumerate(row) if t in stops), len(row))
+            means.append(round(float(lp[:n].mean()), 4) if n else 0.0)
+        return means
 
     def decode(self, ids) -> str:
         """Text up to the first stop token, without special tokens."""
@@ -147,6 +257,8 @@ class Generator:
         settings = (settings or GenerationSettings()).validate()
         if settings.num_return_sequences != 1:
             raise UserError("streaming writes one abstract: num_return_sequences must be 1")
+        if settings.candidates != 1:
+            raise UserError("streaming writes one abstract as it goes: candidates must be 1 (ranking needs them whole)")
         enc = self._encode([summary])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
         error: list[BaseException] = []
@@ -157,7 +269,7 @@ class Generator:
                     if settings.seed is not None:
                         torch.manual_seed(settings.seed)
                     self.model.generate(**enc, **settings.generate_kwargs(self.tokenizer), **_stopping(stop),
-                                        streamer=streamer)
+                                        **self._processors(settings, enc, [summary]), streamer=streamer)
             except BaseException as e:  # surfaced in the consumer's thread below
                 error.append(e)
                 streamer.end()
@@ -168,6 +280,26 @@ class Generator:
         thread.join()
         if error:
             raise error[0]
+
+
+# One Kiwi instance serves the process: the server checks texts on other threads while the model's thread ranks.
+FACT_CHECK_LOCK = threading.Lock()
+
+
+def rank(summary: str, candidates: list[dict], sort: bool = True) -> list[dict]:
+    """Candidates (dicts with "text" and "mean_logprob") scored by the fact check and, if `sort`, sorted best first:
+    fewest unsupported facts, then most coverage of the summary, then highest mean log-probability."""
+    from writemypaper.metrics import faithfulness
+
+    scored = []
+    for c in candidates:
+        with FACT_CHECK_LOCK:
+            f = faithfulness(summary, c["text"])
+        scored.append({"text": c["text"], "unsupported": f["unsupported"], "coverage": round(f["coverage"], 4),
+                       "mean_logprob": c["mean_logprob"]})
+    if not sort:
+        return scored
+    return sorted(scored, key=lambda c: (len(c["unsupported"]), -c["coverage"], -(c["mean_logprob"] or 0.0)))
 
 
 def _stopping(stop: Callable[[], bool] | None) -> dict:
@@ -252,11 +384,11 @@ def settings_from_config(cfg) -> GenerationSettings:
 
 
 def run(cfg, model: str | None, summary: str | None = None, input_path: str | None = None, data: str | None = None,
-        split: str | None = None, out: str | None = None, limit: int | None = None) -> list[dict] | None:
-    """The `generate` verb. One summary streams to the terminal; many get a progress bar and a JSONL file."""
+        split: str | None = None, out: str | None = None, limit: int | None = None,
+        save_candidates: bool = False) -> list[dict] | None:
+    """The `generate` verb. One summary streams to the terminal (or, with candidates, prints the best); many get a
+    progress bar and a JSONL file."""
     import sys
-
-    from writemypaper.atomic import atomic_write_jsonl
 
     sources = sum(x is not None for x in (summary, input_path, split))
     if sources != 1:
@@ -264,12 +396,20 @@ def run(cfg, model: str | None, summary: str | None = None, input_path: str | No
     if split is not None and data is None:
         raise UserError("--split needs --data PREPARED_DIR")
     settings = settings_from_config(cfg)
+    if save_candidates and out is None:
+        raise UserError("--save-candidates writes into the JSONL file: give --out FILE.jsonl")
     gen = Generator.load(model or cfg.model, precision=cfg.precision, instruction=cfg.get("instruction"))
     if summary is not None and out is None:
-        for piece in gen.stream(summary, settings):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
+        if settings.candidates == 1:
+            for piece in gen.stream(summary, settings):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            return None
+        [d] = gen.generate([summary], settings, details=True)
+        print(d["text"])
+        counts = ", ".join(str(len(c["unsupported"])) for c in d["candidates"])
+        print(f"best of {settings.candidates} candidates (unsupported facts, best first: {counts})", file=sys.stderr)
         return None
     if summary is not None:
         rows = [{"summary": summary}]
@@ -282,12 +422,28 @@ def run(cfg, model: str | None, summary: str | None = None, input_path: str | No
         rows = [{"doc_id": r["doc_id"], "summary": r["summary"], "reference": r["original"]} for r in ds]
     if limit:
         rows = rows[:limit]
-    outputs = gen.generate([r["summary"] for r in rows], settings, batch_size=cfg.batch_size, progress=True)
-    record_settings = asdict(settings) | {"model": model or cfg.model}
+    return _write_rows(cfg, gen, settings, rows, model or cfg.model, out, save_candidates)
+
+
+def _write_rows(cfg, gen: Generator, settings: GenerationSettings, rows: list[dict], model: str, out: str | None,
+                save_candidates: bool) -> list[dict]:
+    from writemypaper.atomic import atomic_write_jsonl
+
+    summaries = [r["summary"] for r in rows]
+    if save_candidates:
+        details = gen.generate(summaries, settings, batch_size=cfg.batch_size, progress=True, details=True)
+    else:  # no fact check needed beyond the ranking generate does itself
+        details = [{"candidates": [{"text": t} for t in texts]}
+                   for texts in gen.generate(summaries, settings, batch_size=cfg.batch_size, progress=True)]
+    # Every row says how it was written: grounding, candidates and sampling change what a reader should expect.
+    record_settings = asdict(settings) | {"do_sample": settings.sampling, "model": model}
     results = []
-    for r, outs in zip(rows, outputs):
-        for k, text in enumerate(outs):
-            results.append({**r, "generated": text, "sample": k, "settings": record_settings})
+    for r, d in zip(rows, details):
+        for k, cand in enumerate(d["candidates"][:settings.num_return_sequences]):
+            row = {**r, "generated": cand["text"], "sample": k, "settings": record_settings}
+            if save_candidates:
+                row["candidates"] = d["candidates"]
+            results.append(row)
     if out is None:
         for r in results:
             print(json.dumps(r, ensure_ascii=False))

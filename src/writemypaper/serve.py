@@ -9,12 +9,19 @@ Only the last user message counts; system text and earlier turns are ignored, be
 instruction (Gemma has no system role to put them in anyway). Non-streaming choices carry a non-standard
 `writemypaper` field, `metrics.faithfulness(summary, content)`; streams can be checked afterwards with
 POST /v1/writemypaper/check. `usage` and `finish_reason` come from re-tokenizing the returned text.
+Two extra body fields: `grounded` (default true: only the summary's numbers can be written) and `candidates`
+(default 1: sample that many and return the best by the fact check; not with stream).
+
+With `--api-key KEY` (or WRITEMYPAPER_API_KEY) every /v1 route needs `Authorization: Bearer KEY`; the page and
+/health stay open. Listening beyond loopback without a key is refused unless `--allow-no-key`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import hmac
+import ipaddress
 import json
 import logging
 import socket
@@ -36,7 +43,7 @@ from starlette.exceptions import HTTPException
 
 from writemypaper import metrics, prompts
 from writemypaper.errors import UserError
-from writemypaper.generate import GenerationSettings, Generator
+from writemypaper.generate import FACT_CHECK_LOCK, GenerationSettings, Generator
 from writemypaper.models import EMBEDDED
 
 log = logging.getLogger("writemypaper.serve")
@@ -153,6 +160,8 @@ class _Sampling(_Strict):
     seed: int | None = None
     stream: bool = False
     stream_options: _StreamOptions | None = None
+    grounded: bool | None = None  # ours: only the summary's numbers (default true)
+    candidates: int | None = None  # ours: best of this many by the fact check (default 1)
 
 
 class ChatRequest(_Sampling):
@@ -222,9 +231,21 @@ def _settings(req, limits: Limits) -> GenerationSettings:
         raise ApiError(400, f"seed={req.seed} is not in [0, 2^63)", "seed")
     if req.stream and req.n != 1:
         raise ApiError(400, "streaming writes one abstract: n must be 1", "n")
+    candidates = base.candidates if req.candidates is None else req.candidates
+    if not 1 <= candidates <= most_n:
+        raise ApiError(400, f"candidates={candidates} is not in [1, {most_n}]", "candidates")
+    if candidates > 1:
+        if req.stream:
+            raise ApiError(400, "candidates are ranked once written in full: use stream=false", "candidates")
+        if temperature == 0:
+            raise ApiError(400, "candidates need sampling: temperature must be above 0", "candidates")
+        if req.n > candidates:
+            raise ApiError(400, f"n={req.n} is more than candidates={candidates}", "n")
+    grounded = base.grounded if req.grounded is None else req.grounded
     try:
         return GenerationSettings(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                                  repetition_penalty=penalty, num_return_sequences=req.n, seed=req.seed).validate()
+                                  repetition_penalty=penalty, num_return_sequences=req.n, seed=req.seed,
+                                  grounded=grounded, candidates=candidates).validate()
     except UserError as e:
         raise ApiError(400, str(e)) from None
 
@@ -287,9 +308,9 @@ class Scheduler:
             self._task.cancel()
 
     def _take_batch(self, first: Job) -> list[Job]:
-        batch, size = [first], first.settings.num_return_sequences
+        batch, size = [first], first.settings.rows_per_summary
         for job in list(self.waiting):
-            n = job.settings.num_return_sequences
+            n = job.settings.rows_per_summary
             if not job.stream and job.settings == first.settings and size + n <= self.limits.max_batch_size:
                 self.waiting.remove(job)
                 batch.append(job)
@@ -403,7 +424,48 @@ class _BodyLimit:
         await self.app(scope, counted, send)
 
 
-_check_lock = threading.Lock()
+class _ApiKey:
+    """401, OpenAI-shaped, for a /v1 request without `Authorization: Bearer <key>`. The page and /health stay open:
+    the page must load to ask for the key, and a health check must not need a secret."""
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and (scope["path"] == "/v1" or scope["path"].startswith("/v1/")):
+            sent = dict(scope["headers"]).get(b"authorization", b"")
+            scheme, _, token = sent.partition(b" ")
+            if not sent:
+                message = "this server needs an API key: send the header 'Authorization: Bearer KEY'"
+            elif scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
+                message = "the API key is not valid"
+            else:
+                return await self.app(scope, receive, send)
+            response = _error_response(ApiError(401, message, code="invalid_api_key"))
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def check_api_key(key: str | None) -> str | None:
+    """A key must fit in an HTTP header: printable ASCII without spaces."""
+    if key is None:
+        return None
+    if not key or not all(33 <= ord(c) <= 126 for c in key):
+        raise UserError("--api-key must be non-empty printable ASCII without spaces")
+    return key
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
+
+
+_check_lock = FACT_CHECK_LOCK  # shared with the ranking of candidates, which runs on the model's thread
 
 
 def check(summary: str, text: str) -> dict:
@@ -421,9 +483,11 @@ def _served_name(model: str | None) -> str:
     return p.resolve().name if p.exists() else model
 
 
-def create_app(generator, limits: Limits | None = None, model_name: str = "gemma3-270m"):
-    """The FastAPI app around one loaded Generator (or anything with its generate/stream/tokenizer)."""
+def create_app(generator, limits: Limits | None = None, model_name: str = "gemma3-270m", api_key: str | None = None):
+    """The FastAPI app around one loaded Generator (or anything with its generate/stream/tokenizer). With `api_key`,
+    the /v1 routes need `Authorization: Bearer <api_key>`."""
     limits = (limits or Limits()).validate()
+    api_key = check_api_key(api_key)
     scheduler = Scheduler(generator, limits)
     page = {route: ((STATIC / name).read_bytes(), mime) for route, (name, mime) in PAGE_FILES.items()}
     started = int(time.time())
@@ -440,6 +504,8 @@ def create_app(generator, limits: Limits | None = None, model_name: str = "gemma
     app = FastAPI(title="writemypaper", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     # Korean escaped as \uXXXX is 6 bytes a character; a body holds a summary (or a text to check) and little else.
     app.add_middleware(_BodyLimit, max_bytes=65536 + 8 * limits.max_input_chars + 8 * max_text_chars)
+    if api_key:
+        app.add_middleware(_ApiKey, key=api_key)  # added last, so it runs first: no body is read without the key
     app.state.scheduler = scheduler
 
     @app.exception_handler(ApiError)
@@ -481,7 +547,7 @@ def create_app(generator, limits: Limits | None = None, model_name: str = "gemma
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_name,
+        return {"status": "ok", "model": model_name, "api_key_required": bool(api_key),
                 "queue": {"active": scheduler.active, "waiting": len(scheduler.waiting), "depth": limits.queue_depth},
                 "limits": asdict(limits), "served": scheduler.stats}
 
@@ -666,19 +732,26 @@ def _check_port(host: str, port: int) -> None:
 
 def main(model: str | None = None, host: str = "127.0.0.1", port: int = 8000, precision: str = "auto",
          max_input_chars: int = 4000, max_new_tokens: int = 1024, min_temperature: float = 0.0,
-         max_temperature: float = 2.0, queue_depth: int = 64, max_batch_size: int = 8) -> None:
+         max_temperature: float = 2.0, queue_depth: int = 64, max_batch_size: int = 8, api_key: str | None = None,
+         allow_no_key: bool = False) -> None:
     """Load the model once and serve the OpenAI-compatible API and the page until interrupted."""
+    import os
+
     import uvicorn
 
     limits = Limits(max_input_chars, max_new_tokens, min_temperature, max_temperature, queue_depth,
                     max_batch_size).validate()
+    api_key = check_api_key(api_key if api_key is not None else os.environ.get("WRITEMYPAPER_API_KEY") or None)
+    if not api_key and not is_loopback(host) and not allow_no_key:
+        raise UserError(f"--host {host} lets other machines use this server: give --api-key KEY (or set "
+                        "WRITEMYPAPER_API_KEY), or --allow-no-key to serve it without one")
     _check_port(host, port)
     name = _served_name(model)
     generator = Generator.load(model, precision=precision)
-    app = create_app(generator, limits, model_name=name)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"writemypaper: warning: listening on {host}: other machines can reach this server, and it has no "
-              "authentication")
+    app = create_app(generator, limits, model_name=name, api_key=api_key)
+    if not api_key and not is_loopback(host):
+        print(f"writemypaper: warning: listening on {host} with no API key: anyone who can reach it can use it")
     shown = f"[{host}]" if ":" in host else host
-    print(f"writemypaper: serving {name} at http://{shown}:{port}/  (OpenAI API: http://{shown}:{port}/v1)")
+    auth = "; the API needs 'Authorization: Bearer KEY'" if api_key else ""
+    print(f"writemypaper: serving {name} at http://{shown}:{port}/  (OpenAI API: http://{shown}:{port}/v1{auth})")
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)

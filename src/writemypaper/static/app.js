@@ -6,6 +6,23 @@ const KIND = { number: "숫자", year: "연도", quoted: "인용구", latin: "�
 let limits = { max_input_chars: 4000, max_new_tokens: 1024, min_temperature: 0, max_temperature: 2 };
 let controller = null; // set while an abstract is being written; the button then stops it
 let abstract = "";
+const KEY_STORE = "writemypaper-api-key";
+let apiKey = localStorage.getItem(KEY_STORE) || ""; // asked once, kept in this browser
+
+function askForKey(message) {
+  $("key-form").hidden = false;
+  $("api-key").value = "";
+  $("api-key").focus();
+  setStatus(message, true);
+}
+
+function saveKey(event) {
+  event.preventDefault();
+  apiKey = $("api-key").value.trim();
+  localStorage.setItem(KEY_STORE, apiKey);
+  $("key-form").hidden = true;
+  setStatus("API 키를 저장했습니다.");
+}
 
 function setStatus(message, isError = false) {
   $("status").textContent = message;
@@ -27,9 +44,11 @@ async function loadLimits() {
     const health = await (await fetch("/health")).json();
     limits = health.limits;
     $("model").textContent = `모델: ${health.model}`;
+    if (health.api_key_required && !apiKey) askForKey("이 서버는 API 키가 필요합니다. 키를 입력하세요.");
   } catch {
     return; // the defaults above still let the page work; the server checks every request anyway
   }
+  for (const option of $("candidates").options) option.disabled = Number(option.value) > limits.max_batch_size;
   const tokens = $("max-tokens");
   tokens.max = limits.max_new_tokens;
   tokens.value = Math.min(Number(tokens.value), limits.max_new_tokens);
@@ -44,18 +63,21 @@ async function loadLimits() {
 function explain(status, body) {
   const error = (body && body.error) || {};
   if (status === 429) return "서버가 바쁩니다. 잠시 후 다시 시도하세요.";
+  if (status === 401) return apiKey ? "API 키가 맞지 않습니다. 다시 입력하세요." : "이 서버는 API 키가 필요합니다. 키를 입력하세요.";
   if (error.code === "context_length_exceeded")
     return `요약이 너무 깁니다. ${limits.max_input_chars.toLocaleString()}자 이하로 줄여 주세요.`;
   return error.message ? `요청을 처리할 수 없습니다: ${error.message}` : `서버 오류 (${status})`;
 }
 
 async function post(url, payload, signal) {
-  const response = await fetch(url, {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(payload), signal,
-  });
+  const headers = { "Content-Type": "application/json" };
+  if (apiKey) headers.Authorization = `Bearer ${apiKey}`;
+  const response = await fetch(url, { method: "POST", headers, body: JSON.stringify(payload), signal });
   if (!response.ok) {
     const body = await response.json().catch(() => null);
-    throw new Error(explain(response.status, body));
+    const message = explain(response.status, body);
+    if (response.status === 401) askForKey(message);
+    throw new Error(message);
   }
   return response;
 }
@@ -76,6 +98,14 @@ async function* events(body) {
       if (data.length) yield data.join("\n");
     }
   }
+}
+
+function report(check) {
+  const n = check.unsupported.length;
+  const coverage = `요약 내용 반영률 ${Math.round(check.coverage * 100)}%`;
+  $("facts").textContent = n
+    ? `요약에 없는 숫자·용어 ${n}개를 표시했습니다. 원문과 대조해 확인하세요. (${coverage})`
+    : `요약에 없는 숫자·용어는 찾지 못했습니다. (${coverage})`;
 }
 
 function render(text, unsupported) {
@@ -99,11 +129,19 @@ async function highlight(summary, text) {
   const check = await (await post("/v1/writemypaper/check", { summary, text })).json();
   abstract = check.text;
   render(check.text, check.unsupported);
-  const n = check.unsupported.length;
-  const coverage = `요약 내용 반영률 ${Math.round(check.coverage * 100)}%`;
-  $("facts").textContent = n
-    ? `요약에 없는 숫자·용어 ${n}개를 표시했습니다. 원문과 대조해 확인하세요. (${coverage})`
-    : `요약에 없는 숫자·용어는 찾지 못했습니다. (${coverage})`;
+  report(check);
+}
+
+// Candidates are ranked once written in full, so they come in one response, with the fact check of the best.
+async function writeBest(request, candidates, signal) {
+  setStatus(`후보 ${candidates}편을 쓰고 사실 확인으로 고르는 중…`);
+  const response = await post("/v1/chat/completions", { ...request, candidates }, signal);
+  const choice = (await response.json()).choices[0];
+  const text = choice.message.content;
+  abstract = text;
+  render(text, choice.writemypaper.unsupported);
+  report(choice.writemypaper);
+  return text;
 }
 
 async function write(event) {
@@ -124,11 +162,19 @@ async function write(event) {
   out.classList.add("writing");
   setStatus("쓰는 중…");
   let text = "";
+  const request = {
+    messages: [{ role: "user", content: summary }], max_tokens: Number($("max-tokens").value),
+    temperature: Number($("temperature").value), grounded: $("grounded").checked,
+  };
+  const candidates = Number($("candidates").value);
   try {
-    const response = await post("/v1/chat/completions", {
-      messages: [{ role: "user", content: summary }], stream: true,
-      max_tokens: Number($("max-tokens").value), temperature: Number($("temperature").value),
-    }, controller.signal);
+    if (candidates > 1) {
+      if (request.temperature === 0) throw new Error("후보를 여럿 쓰려면 온도가 0보다 커야 합니다.");
+      text = await writeBest(request, candidates, controller.signal);
+      setStatus(`완료. 후보 ${candidates}편 중 요약에 가장 충실한 초록입니다.`);
+      return;
+    }
+    const response = await post("/v1/chat/completions", { ...request, stream: true }, controller.signal);
     for await (const data of events(response.body)) {
       if (data === "[DONE]") break;
       const chunk = JSON.parse(data);
@@ -168,6 +214,7 @@ async function copy() {
 }
 
 $("form").addEventListener("submit", write);
+$("key-form").addEventListener("submit", saveKey);
 $("copy").addEventListener("click", copy);
 $("summary").addEventListener("input", updateCount);
 $("temperature").addEventListener("input", (e) => {

@@ -51,14 +51,17 @@ def old_tokenize_split(ds, tokenizer, instruction, max_length):
     return ds, before - len(ds)
 
 
-def worker(mode: str, prepared: str, rows: int | None, num_proc_rows: int | None) -> None:
+def worker(mode: str, prepared: str, rows: int | None, num_proc: int | None) -> None:
     """One tokenization pass in this process; prints a JSON line with its timings."""
     t0, c0 = time.perf_counter(), _cpu_seconds()
     from writemypaper import models, train
     from writemypaper.data import load_split
 
-    if num_proc_rows:
-        train.NUM_PROC_ROWS = num_proc_rows
+    if num_proc and num_proc > 1:  # worker processes, as tokenize_split once used for large splits
+        import datasets
+
+        map_ = datasets.Dataset.map
+        datasets.Dataset.map = lambda self, *a, **k: map_(self, *a, **{**k, "num_proc": num_proc})
 
     tokenizer = models.load_tokenizer("gemma3-270m")
     t1, c1 = time.perf_counter(), _cpu_seconds()
@@ -77,7 +80,7 @@ def worker(mode: str, prepared: str, rows: int | None, num_proc_rows: int | None
     tokens = sum(pc.sum(pc.list_value_length(o.with_format("arrow")["input_ids"])).as_py() for o in outs)
     print(json.dumps({"mode": mode, "pairs": pairs, "kept": kept, "tokens": tokens, "load_tokenizer_s": t1 - t0,
                       "tokenize_s": t2 - t1, "tokenize_cpu_s": c2 - c1, "wall_s": t2 - t0, "cpu_s": c2 - c0,
-                      "num_proc_rows": train.NUM_PROC_ROWS}))
+                      "num_proc": num_proc or 1, "cores": len(os.sched_getaffinity(0))}))
 
 
 def _run(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
@@ -92,15 +95,15 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/writemypaper-bench"))
     ap.add_argument("--old-rows", type=int, default=None,
                     help="time the old per-row map on this many pairs per split only (it is slow); default: all")
-    ap.add_argument("--compare-single", action="store_true",
-                    help="one more cold pass of the new map in a single process (no worker processes)")
+    ap.add_argument("--num-proc", type=int, nargs="*", default=[], metavar="N",
+                    help="more cold passes of the new map with N processes each (1: no worker processes)")
+    ap.add_argument("--new-only", action="store_true", help="skip the warm and the old passes")
     ap.add_argument("--worker", choices=["new", "old"], help=argparse.SUPPRESS)
-    ap.add_argument("--num-proc-rows", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--prepared", help=argparse.SUPPRESS)
     ap.add_argument("--rows", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        return worker(a.worker, a.prepared, a.rows, a.num_proc_rows)
+        return worker(a.worker, a.prepared, a.rows, a.num_proc[0] if a.num_proc else None)
 
     from bench_prepare import make_corpus
 
@@ -112,8 +115,10 @@ def main() -> None:
     passes = [("new, cold cache", "new", "cache-new", True, []), ("new, warm cache", "new", "cache-new", False, []),
               ("old per-row map, cold cache", "old", "cache-old", True,
                ["--rows", str(a.old_rows)] if a.old_rows else [])]
-    if a.compare_single:
-        passes.append(("new in one process, cold cache", "new", "cache-single", True, ["--num-proc-rows", str(10**12)]))
+    if a.new_only:
+        passes = passes[:1]
+    passes += [(f"new, {n} process{'es' if n > 1 else ''}, cold cache", "new", f"cache-{n}", True,
+                ["--num-proc", str(n)]) for n in a.num_proc]
     results = []
     for label, mode, cache, cold, extra in passes:
         env = {**os.environ, "HF_DATASETS_CACHE": str(a.workdir / cache),
@@ -131,22 +136,25 @@ def main() -> None:
     import transformers
 
     print(f"python {platform.python_version()}, datasets {datasets.__version__}, tokenizers {tokenizers.__version__}, "
-          f"transformers {transformers.__version__}, {os.cpu_count()} CPUs, load average "
+          f"transformers {transformers.__version__}, {len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs, load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"prepare --granularity both: {prep_wall:.1f} s wall, {prep_cpu:.1f} CPU s")
-    print("| tokenization | pairs | pairs kept | tokens | tokenizer load s | tokenize s | tokenize CPU s | "
-          "process wall s | process CPU s | pairs/s (wall) | CPU ms/pair |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| tokenization | processes | pairs | pairs kept | tokens | tokenizer load s | tokenize s | "
+          "tokenize CPU s | process wall s | process CPU s | pairs/s (wall) | CPU ms/pair |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['label']} | {r['pairs']:,} | {r['kept']:,} | {r['tokens']:,} | {r['load_tokenizer_s']:.1f} | "
-              f"{r['tokenize_s']:.1f} | {r['tokenize_cpu_s']:.1f} | {r['process_wall_s']:.1f} | "
+        print(f"| {r['label']} | {r['num_proc']} | {r['pairs']:,} | {r['kept']:,} | {r['tokens']:,} | "
+              f"{r['load_tokenizer_s']:.1f} | {r['tokenize_s']:.1f} | {r['tokenize_cpu_s']:.1f} | {r['process_wall_s']:.1f} | "
               f"{r['process_cpu_s']:.1f} | {r['pairs'] / r['tokenize_s']:,.0f} | "
               f"{1000 * r['tokenize_cpu_s'] / r['pairs']:.2f} |")
-    new, old = results[0], results[2]
-    print(f"new (cold) / old, pairs per second of tokenize time: "
-          f"{(new['pairs'] / new['tokenize_s']) / (old['pairs'] / old['tokenize_s']):.2f}x; "
-          f"before the first step (prepare + tokenizer load + cold tokenization): "
-          f"{prep_wall + new['process_wall_s']:.0f} s wall, {prep_cpu + new['process_cpu_s']:.0f} CPU s")
+    new = results[0]
+    print(f"before the first step (prepare + tokenizer load + cold tokenization, {new['num_proc']} process(es) on "
+          f"{new['cores']} cores): {prep_wall + new['process_wall_s']:.0f} s wall, "
+          f"{prep_cpu + new['process_cpu_s']:.0f} CPU s")
+    old = [r for r in results if r["mode"] == "old"]
+    if old:
+        print(f"new (cold) / old per-row map, pairs per second of tokenize time: "
+              f"{(new['pairs'] / new['tokenize_s']) / (old[0]['pairs'] / old[0]['tokenize_s']):.2f}x")
 
 
 if __name__ == "__main__":

@@ -144,9 +144,9 @@ def both_prepared(tmp_path_factory):
     return out
 
 
-def test_batched_tokenization_gives_encode_examples_labels(both_prepared, embedded_tokenizer, monkeypatch):
-    """Every pair of the sample corpus, through the batched map (in worker processes too): ids and labels equal
-    prompts.encode_example's, one pair at a time."""
+def test_batched_tokenization_gives_encode_examples_labels(both_prepared, embedded_tokenizer):
+    """Every pair of the sample corpus, through the batched map: ids and labels equal prompts.encode_example's,
+    one pair at a time, and the pairs over max_length are the ones dropped."""
     from datasets import concatenate_datasets
 
     from writemypaper import train
@@ -160,7 +160,6 @@ def test_batched_tokenization_gives_encode_examples_labels(both_prepared, embedd
     assert ds["input_ids"] == [w["input_ids"] for w in want]
     assert ds["labels"] == [w["labels"] for w in want]
 
-    monkeypatch.setattr(train, "NUM_PROC_ROWS", 100)  # the large-corpus path: worker processes
     longest = max(len(w["input_ids"]) for w in want)
     limit = sorted(len(w["input_ids"]) for w in want)[len(want) // 2]
     ds, dropped = train.tokenize_split(raw, embedded_tokenizer, instruction, limit)

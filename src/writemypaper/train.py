@@ -95,7 +95,6 @@ def validate(cfg, data_dir: str, out_dir: str, resume: bool) -> None:
 
 
 TOKENIZE_VERSION = 2  # part of the tokenization cache key: bump it whenever tokenize_split's output changes
-NUM_PROC_ROWS = 50_000  # from this many pairs up, tokenize in worker processes too
 DROP_WARN = 0.05  # warn when more than this share of a split is longer than max_length
 
 
@@ -136,6 +135,16 @@ def _prompt_length(prompt_ids: list[int], ids: list[int]) -> int:
     return n
 
 
+def _encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
+    """`tokenizer(texts, add_special_tokens=False)["input_ids"]`, through the Rust tokenizer's encode_batch_fast where
+    there is one: the same ids, in parallel, without the offsets and masks (a third of the time) that we never use."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is None or backend.truncation or backend.padding:  # a left-over truncation would change the ids
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    return [e.ids for e in encode(texts, add_special_tokens=False)]
+
+
 def _encode_batch(batch, tokenizer, instruction, max_length):
     """prompts.encode_example for a batch of pairs, with the tokenizer called once per list (the fast tokenizer
     encodes a list in parallel), dropping the pairs longer than max_length."""
@@ -143,10 +152,8 @@ def _encode_batch(batch, tokenizer, instruction, max_length):
 
     bos, eos = tokenizer.bos_token, tokenizer.eos_token_id
     pairs = list(zip(batch["summary"], batch["original"]))
-    prompt_ids = tokenizer([prompts.render_prompt(s, instruction, bos) for s, _ in pairs],
-                           add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer([prompts.render_example(s, o, instruction, bos) for s, o in pairs],
-                         add_special_tokens=False)["input_ids"]
+    prompt_ids = _encode_texts(tokenizer, [prompts.render_prompt(s, instruction, bos) for s, _ in pairs])
+    full_ids = _encode_texts(tokenizer, [prompts.render_example(s, o, instruction, bos) for s, o in pairs])
     out = {"input_ids": [], "labels": []}
     for p, ids in zip(prompt_ids, full_ids):
         ids = ids + [eos]
@@ -159,13 +166,20 @@ def _encode_batch(batch, tokenizer, instruction, max_length):
 
 
 def _tokenizer_key(tokenizer) -> str:
-    """A digest of everything about the tokenizer that changes the ids. Hashing the tokenizer object itself (what
-    datasets would do) takes ~10 s and has been unstable across runs; its serialized form takes ~1 s, once."""
+    """A digest of everything about the tokenizer that changes the ids, computed once per tokenizer. Hashing the
+    tokenizer object itself (what datasets does for a map's arguments) took 12 s on the embedded Gemma 3 tokenizer
+    here; hashing its serialized form takes about 1 s."""
     import hashlib
 
     key = getattr(tokenizer, "_writemypaper_key", None)
     if key is None:
-        h = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode("utf-8"))
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            h = hashlib.sha256(backend.to_str().encode("utf-8"))
+        else:  # a slow (Python) tokenizer: datasets' own hash of it
+            from datasets.fingerprint import Hasher
+
+            h = hashlib.sha256(Hasher.hash(tokenizer).encode("utf-8"))
         h.update(repr((tokenizer.bos_token, tokenizer.eos_token_id, type(tokenizer).__name__)).encode("utf-8"))
         key = h.hexdigest()
         tokenizer._writemypaper_key = key
@@ -187,9 +201,11 @@ def tokenize_split(ds, tokenizer, instruction, max_length: int | None, limit: in
     if before == 0:  # nothing to tokenize (the caller refuses an empty split)
         return ds, 0
     fingerprint = Hasher.hash([ds._fingerprint, TOKENIZE_VERSION, _tokenizer_key(tokenizer), instruction, max_length])
-    num_proc = min(os.cpu_count() or 1, 8) if before >= NUM_PROC_ROWS else None
+    # One process: the Rust tokenizer encodes each batch on every core itself. Worker processes (num_proc) were
+    # slower at every count measured, since each one is sent the 262k-entry tokenizer (bench/RESULTS.md: 400k pairs
+    # in 84 s with one process on 2 cores against 108 s with 2; 52 s on 8 cores against 131 s with 4 and 123 s with 8)
     ds = ds.map(
-        _encode_batch, batched=True, batch_size=1000, remove_columns=ds.column_names, num_proc=num_proc,
+        _encode_batch, batched=True, batch_size=1000, remove_columns=ds.column_names,
         fn_kwargs={"tokenizer": tokenizer, "instruction": instruction, "max_length": max_length},
         new_fingerprint=fingerprint, desc="tokenizing",
     )

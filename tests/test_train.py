@@ -224,7 +224,8 @@ def test_train_says_at_the_start_how_many_pairs_it_dropped(short_prepared, tmp_p
     args = ["train", "--config", "cpu-demo", "--data", str(short_prepared), "--out", str(tmp_path / "run"),
             "--dry-run"]
     assert main([*args, "training.max_length=4096"]) == 0
-    err = capfd.readouterr().err
+    out, err = capfd.readouterr()
+    assert "on this machine: fp32, sdpa attention, compiled layers off, on cpu" in out  # the resolved policy
     assert "writemypaper: train: 0 of " in err and "(0.0%) are longer than max_length=4096" in err
     assert "warning" not in err
     assert main([*args, "training.max_length=125"]) == 0

@@ -1,5 +1,7 @@
 """Atomic output: write into a temporary sibling, then rename, so a killed run never leaves a file or
-directory that looks complete.
+directory that looks complete. What comes out has the modes of any ordinary file under the user's umask.
+
+    python -c "from writemypaper.atomic import atomic_write_text; atomic_write_text('out/x.txt', 'hello')"
 """
 
 from __future__ import annotations
@@ -13,15 +15,49 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux says it (/proc/self/status, since 4.7)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+def ordinary_modes(path: str | os.PathLike) -> None:
+    """Give `path` and everything under it the modes that open() and mkdir() give under the umask: 0666 & ~umask for
+    files (0777 & ~umask where any execute bit was set), 0777 & ~umask for directories. tempfile and safetensors
+    create theirs 0600/0700, which another account, or a serving container running as another user, cannot read."""
+    umask = current_umask()
+    file_mode, exec_mode = 0o666 & ~umask, 0o777 & ~umask
+    path = Path(path)
+    entries = [path] if not path.is_dir() else [path, *path.rglob("*")]
+    for p in entries:
+        if p.is_symlink():
+            continue
+        st = p.stat()
+        if p.is_dir():
+            mode = exec_mode
+        else:
+            mode = exec_mode if st.st_mode & 0o111 else file_mode
+        if st.st_mode & 0o7777 != mode:
+            os.chmod(p, mode)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary directory beside `path`; on success it replaces `path` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary output directory
     try:
         yield tmp
+        ordinary_modes(tmp)  # mkdtemp made it private, and libraries write 0600 files into it
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -48,7 +84,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the result is an ordinary output file
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it private; the result is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -71,8 +71,8 @@ def validate(cfg, data_dir: str, out_dir: str, resume: bool) -> None:
         problems.append(f"precision={c.get('precision')} is not one of auto, bf16, fp16, fp32")
     if c.get("quantization") not in (None, "nf4", "4bit"):
         problems.append(f"quantization={c.get('quantization')} is not nf4 or null")
-    if not isinstance(c.get("compile_layers", False), bool):
-        problems.append(f"compile_layers={c.get('compile_layers')} is not true or false")
+    if c.get("compile_layers", False) not in (True, False, "auto"):
+        problems.append(f"compile_layers={c.get('compile_layers')} is not true, false or auto")
     patience = c.get("early_stopping_patience")
     if patience and not eval_enabled(t):
         problems.append("early_stopping_patience needs evaluation: set training.eval_strategy=steps")
@@ -94,22 +94,149 @@ def validate(cfg, data_dir: str, out_dir: str, resume: bool) -> None:
 # data
 
 
-def tokenize_split(ds, tokenizer, instruction, max_length: int | None, limit: int | None = None):
-    """Token ids and prompt-masked labels. Pairs longer than max_length are dropped, not truncated: a truncated
-    example would lose its `<end_of_turn>` and teach the model never to stop."""
+TOKENIZE_VERSION = 2  # part of the tokenization cache key: bump it whenever tokenize_split's output changes
+DROP_WARN = 0.05  # warn when more than this share of a split is longer than max_length
+
+
+def stratified_subset(ds, n: int | None, seed: int, column: str = "ipc"):
+    """`n` rows of `ds` drawn by a seeded shuffle, stratified by `column` (the field of study): within each field
+    the rows are shuffled and spread evenly over [0, 1) from a random offset, and the n lowest positions over all
+    fields are kept, so every field gets its share within one row (as `prepare` splits by document). Kept rows stay
+    in their original order. Without `n`, or with n >= len(ds), `ds` itself."""
+    import random
+    from collections import defaultdict
+
+    if not n or n >= len(ds):
+        return ds
+    groups: dict[str, list[int]] = defaultdict(list)
+    keys = ds[column] if column in ds.column_names else [""] * len(ds)
+    for i, key in enumerate(keys):
+        groups[key].append(i)
+    rng = random.Random(seed)
+    keyed = []
+    for key in sorted(groups):
+        rows = groups[key]
+        rng.shuffle(rows)
+        offset = rng.random()
+        keyed += [((j + offset) / len(rows), key, i) for j, i in enumerate(rows)]
+    keyed.sort()
+    return ds.select(sorted(i for _, _, i in keyed[:n]))
+
+
+def _prompt_length(prompt_ids: list[int], ids: list[int]) -> int:
+    """As prompts.encode_example: the prompt's own length when the pair's ids start with it, else the longest common
+    prefix (the tokenizer merged "model\n" with the answer's first characters), so no answer token is masked."""
+    n = len(prompt_ids)
+    if ids[:n] == prompt_ids:
+        return n
+    n = 0
+    while n < min(len(ids), len(prompt_ids)) and ids[n] == prompt_ids[n]:
+        n += 1
+    return n
+
+
+def _encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
+    """`tokenizer(texts, add_special_tokens=False)["input_ids"]`, through the Rust tokenizer's encode_batch_fast where
+    there is one: the same ids, in parallel, without the offsets and masks (a third of the time) that we never use."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is None or backend.truncation or backend.padding:  # a left-over truncation would change the ids
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    return [e.ids for e in encode(texts, add_special_tokens=False)]
+
+
+def _encode_batch(batch, tokenizer, instruction, max_length):
+    """prompts.encode_example for a batch of pairs, with the tokenizer called once per list (the fast tokenizer
+    encodes a list in parallel), dropping the pairs longer than max_length."""
     from writemypaper import prompts
 
-    if limit:
-        ds = ds.select(range(min(limit, len(ds))))
-    ds = ds.map(
-        lambda r: prompts.encode_example(tokenizer, r["summary"], r["original"], instruction),
-        remove_columns=ds.column_names,
-        desc="tokenizing",
-    )
+    bos, eos = tokenizer.bos_token, tokenizer.eos_token_id
+    pairs = list(zip(batch["summary"], batch["original"]))
+    prompt_ids = _encode_texts(tokenizer, [prompts.render_prompt(s, instruction, bos) for s, _ in pairs])
+    full_ids = _encode_texts(tokenizer, [prompts.render_example(s, o, instruction, bos) for s, o in pairs])
+    out = {"input_ids": [], "labels": []}
+    for p, ids in zip(prompt_ids, full_ids):
+        ids = ids + [eos]
+        if max_length and len(ids) > max_length:
+            continue
+        n = _prompt_length(p, ids)
+        out["input_ids"].append(ids)
+        out["labels"].append([-100] * n + ids[n:])
+    return out
+
+
+def _tokenizer_key(tokenizer) -> str:
+    """A digest of everything about the tokenizer that changes the ids, computed once per tokenizer. Hashing the
+    tokenizer object itself (what datasets does for a map's arguments) took 12 s on the embedded Gemma 3 tokenizer
+    here; hashing its serialized form takes about 1 s."""
+    import hashlib
+
+    key = getattr(tokenizer, "_writemypaper_key", None)
+    if key is None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            h = hashlib.sha256(backend.to_str().encode("utf-8"))
+        else:  # a slow (Python) tokenizer: datasets' own hash of it
+            from datasets.fingerprint import Hasher
+
+            h = hashlib.sha256(Hasher.hash(tokenizer).encode("utf-8"))
+        h.update(repr((tokenizer.bos_token, tokenizer.eos_token_id, type(tokenizer).__name__)).encode("utf-8"))
+        key = h.hexdigest()
+        tokenizer._writemypaper_key = key
+    return key
+
+
+def tokenize_split(ds, tokenizer, instruction, max_length: int | None, limit: int | None = None, seed: int = 42):
+    """Token ids and prompt-masked labels, in one batched map. Pairs longer than max_length are dropped, not
+    truncated: a truncated example would lose its `<end_of_turn>` and teach the model never to stop. `limit` takes a
+    seeded subset stratified by field (stratified_subset). Returns (dataset, pairs dropped for length).
+
+    A dataset read from disk (load_split) caches the result in the datasets cache under a key made of the source's
+    fingerprint, the tokenizer's content, the instruction and max_length, so a second run (or another rank, see
+    main_process_first) loads it instead of tokenizing again."""
+    from datasets.fingerprint import Hasher
+
+    ds = stratified_subset(ds, limit, seed)
     before = len(ds)
-    if max_length:
-        ds = ds.filter(lambda r: len(r["input_ids"]) <= max_length, desc="dropping over-long pairs")
+    if before == 0:  # nothing to tokenize (the caller refuses an empty split)
+        return ds, 0
+    fingerprint = Hasher.hash([ds._fingerprint, TOKENIZE_VERSION, _tokenizer_key(tokenizer), instruction, max_length])
+    # One process: the Rust tokenizer encodes each batch on every core itself. Worker processes (num_proc) were
+    # slower at every count measured, since each one is sent the 262k-entry tokenizer (bench/RESULTS.md: 400k pairs
+    # in 84 s with one process on 2 cores against 108 s with 2; 52 s on 8 cores against 131 s with 4 and 123 s with 8)
+    ds = ds.map(
+        _encode_batch, batched=True, batch_size=1000, remove_columns=ds.column_names,
+        fn_kwargs={"tokenizer": tokenizer, "instruction": instruction, "max_length": max_length},
+        new_fingerprint=fingerprint, desc="tokenizing",
+    )
     return ds, before - len(ds)
+
+
+def main_process_first():
+    """Under `accelerate launch`, the main process of each machine tokenizes first and the other ranks wait, then
+    load its cached result: the corpus is tokenized once per machine, not once per rank."""
+    import contextlib
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return contextlib.nullcontext()
+    from accelerate import PartialState
+
+    return PartialState().local_main_process_first()
+
+
+def report_dropped(split: str, dropped: int, total: int, max_length: int | None) -> None:
+    """One line on stderr with the pairs a split lost to max_length; a warning above DROP_WARN of them."""
+    import sys
+
+    if not total or int(os.environ.get("RANK", "0")) != 0:
+        return
+    share = dropped / total
+    line = (f"{split}: {dropped:,} of {total:,} pairs ({100 * share:.1f}%) are longer than max_length={max_length} "
+            f"and were dropped")
+    if share > DROP_WARN:
+        print(f"writemypaper: warning: {line}; raise training.max_length to keep them", file=sys.stderr)
+    else:
+        print(f"writemypaper: {line}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -141,8 +268,9 @@ def _callbacks(patience: int | None):
             if state.is_world_process_zero:
                 ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 if ckpt.is_dir():
-                    from writemypaper.atomic import atomic_write_text
+                    from writemypaper.atomic import atomic_write_text, ordinary_modes
 
+                    ordinary_modes(ckpt)  # safetensors writes its files 0600
                     atomic_write_text(ckpt / COMPLETE, f"{state.global_step}\n")
 
     class LossBar(ProgressCallback):
@@ -267,8 +395,9 @@ def compile_layers(model) -> int:
 
 
 def build_trainer(cfg, ref: str, out_dir: Path, train_ds, eval_ds, tokenizer, callbacks: list | None = None):
-    """The SFTTrainer every run uses (the benchmarks too): the model loaded per the preset's precision, attention
-    and quantization, LoRA from `lora:`, SFTConfig from `training:`, and our callbacks."""
+    """The SFTTrainer every run uses (the benchmarks too): precision, attention and compiled layers resolved for this
+    device (models.resolve_policy, which says on stderr what it stepped down and why), the model loaded with them
+    and the quantization, LoRA from `lora:`, SFTConfig from `training:`, and our callbacks."""
     import torch
     from transformers.trainer_callback import ProgressCallback
     from trl import SFTTrainer
@@ -276,10 +405,11 @@ def build_trainer(cfg, ref: str, out_dir: Path, train_ds, eval_ds, tokenizer, ca
     from writemypaper import models
 
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(out_dir) / "tensorboard")
-    base = models.load_model(ref, precision=cfg.precision, attn_implementation=cfg.get("attn_implementation"),
-                             quantization=cfg.get("quantization"), tokenizer=tokenizer)
-    dtype = models.resolve_dtype(cfg.precision, base.config.model_type)
-    args = _sft_config(cfg, Path(out_dir), dtype)
+    policy = models.resolve_policy(cfg.precision, cfg.get("attn_implementation"), cfg.get("compile_layers"),
+                                   config=models.load_model_config(ref))
+    policy.announce()
+    base = models.load_model(ref, quantization=cfg.get("quantization"), tokenizer=tokenizer, policy=policy)
+    args = _sft_config(cfg, Path(out_dir), policy.dtype)
     trainer = SFTTrainer(
         model=base, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
         peft_config=_lora_config(cfg), callbacks=_callbacks(cfg.get("early_stopping_patience")) + list(callbacks or []),
@@ -294,8 +424,9 @@ def build_trainer(cfg, ref: str, out_dir: Path, train_ds, eval_ds, tokenizer, ca
         for p in trainer.model.parameters():
             if p.requires_grad and p.dtype != torch.float32:
                 p.data = p.data.float()
-    if cfg.get("compile_layers"):  # last: the layers compile at their first call, with the weights as they are now
+    if policy.compile_layers:  # last: the layers compile at their first call, with the weights as they are now
         compile_layers(trainer.model)
+    trainer.writemypaper_policy = policy
     return trainer
 
 
@@ -314,13 +445,18 @@ def train(cfg, data: str, out: str, model: str | None = None, resume: bool = Fal
 
     tokenizer = models.load_tokenizer(ref, padding_side="right")
     max_length = cfg.training.get("max_length")
-    train_ds, dropped_train = tokenize_split(load_split(data, "train"), tokenizer, instruction, max_length,
-                                             cfg.get("max_train_samples"))
+    seed = cfg.training.get("seed", 42)
     eval_on = eval_enabled(cfg.training)
     eval_ds, dropped_eval = (None, 0)
+    with main_process_first():
+        train_ds, dropped_train = tokenize_split(load_split(data, "train"), tokenizer, instruction, max_length,
+                                                 cfg.get("max_train_samples"), seed)
+        if eval_on:
+            eval_ds, dropped_eval = tokenize_split(load_split(data, "validation"), tokenizer, instruction,
+                                                   max_length, cfg.get("max_eval_samples"), seed)
+    report_dropped("train", dropped_train, len(train_ds) + dropped_train, max_length)
     if eval_on:
-        eval_ds, dropped_eval = tokenize_split(load_split(data, "validation"), tokenizer, instruction, max_length,
-                                               cfg.get("max_eval_samples"))
+        report_dropped("validation", dropped_eval, len(eval_ds) + dropped_eval, max_length)
         if len(eval_ds) == 0:
             raise UserError(f"{data}: the validation split is empty after dropping pairs over max_length={max_length}")
     if len(train_ds) == 0:
@@ -332,7 +468,11 @@ def train(cfg, data: str, out: str, model: str | None = None, resume: bool = Fal
         from omegaconf import OmegaConf
 
         trainable, total = _dry_run_params(ref, cfg)
+        policy = models.resolve_policy(cfg.precision, cfg.get("attn_implementation"), cfg.get("compile_layers"),
+                                       config=models.load_model_config(ref))
+        policy.announce()
         print(OmegaConf.to_yaml(cfg))
+        print(f"on this machine: {policy.describe()}")
         print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
         print(f"dataset: {sizes['train']:,} train / {sizes['validation']:,} validation pairs "
               f"({dropped_train} train and {dropped_eval} validation pairs dropped as longer than max_length={max_length})")
@@ -360,7 +500,7 @@ def train(cfg, data: str, out: str, model: str | None = None, resume: bool = Fal
     except Exception as e:
         # torch.compile's failures (no C compiler, a GPU Triton does not support, an op it cannot trace) come from
         # dynamo or inductor; checkpoints already written stay, and --resume continues from them
-        if cfg.get("compile_layers") and type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+        if cfg.get("compile_layers") in (True, "auto") and type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
             cause = getattr(e, "inner_exception", None) or e  # BackendCompilerFailed wraps the compiler's error
             msg = (str(cause).strip().splitlines() or [""])[0][:300]
             raise UserError(f"compiling the decoder layers failed ({type(cause).__name__}: {msg}); "
@@ -394,6 +534,9 @@ def train(cfg, data: str, out: str, model: str | None = None, resume: bool = Fal
             "dataset": sizes,
             "precision": str(dtype).replace("torch.", ""),
             "attn_implementation": getattr(trainer.model.config, "_attn_implementation", None),
+            "compile_layers": getattr(getattr(trainer, "writemypaper_policy", None), "compile_layers", None),
+            "compute_capability": ".".join(map(str, torch.cuda.get_device_capability()))
+            if torch.cuda.is_available() else None,
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
             "world_size": trainer.args.world_size,
             "versions": _versions(),

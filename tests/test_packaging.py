@@ -83,12 +83,12 @@ def test_every_floor_is_pinned_in_the_tested_constraints():
 
 def test_trl_floor_keeps_labels_and_fuses_the_head():
     """TRL 1.0-1.6 drop a `labels` column when packing (tests/test_presets.py shows what that does); the fused LM
-    head (tests/test_eval_memory.py) came in 1.15.0."""
+    head (tests/test_eval_memory.py) runs without Triton from 1.16.0."""
     from packaging.version import Version
 
     (trl,) = [Requirement(r) for r in _pyproject()["project"]["dependencies"] if r.startswith("trl")]
-    assert not any(trl.specifier.contains(v) for v in ("1.6.0", "1.7.0", "1.14.0"))
-    assert trl.specifier.contains(_floors()["trl"]) and Version(_floors()["trl"]) >= Version("1.15.0")
+    assert not any(trl.specifier.contains(v) for v in ("1.6.0", "1.7.0", "1.15.0"))
+    assert trl.specifier.contains(_floors()["trl"]) and Version(_floors()["trl"]) >= Version("1.16.0")
 
 
 def test_sdist_and_wheel_carry_the_data(tmp_path):

@@ -18,8 +18,9 @@ PAIRS = [(s, o) for o, s in SECTIONS] + [("짧은 요약.", "짧은 원문이지
 
 
 def _attn(cfg) -> str:
-    # flex attention compiles its kernel on first use; eager is Gemma's reference and runs anywhere
-    return "eager" if cfg.get("attn_implementation") in ("flex_attention", "flash_attention_2") else "sdpa"
+    # flex attention compiles its kernel on first use and flash attention needs CUDA; eager is Gemma's reference
+    attn = cfg.get("attn_implementation")
+    return "eager" if attn in ("flex_attention", "flash_attention_2", "flash_attention_3") else attn
 
 
 @pytest.fixture(scope="module")

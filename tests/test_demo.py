@@ -1,6 +1,7 @@
 """The demo end to end, at reduced size: prepare, fine-tune, evaluate base against tuned, report."""
 
 import json
+import re
 
 import pytest
 
@@ -15,14 +16,21 @@ def test_demo_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "report: file://" in printed and "tuned" in printed
     scores = json.loads((out / "eval" / "scores.json").read_text(encoding="utf-8"))
-    assert scores["models"] == ["base", "tuned"] and scores["n_samples"] == 2
+    columns = ["base · plain", "base · grounded", "tuned · plain", "tuned · grounded"]
+    assert scores["models"] == columns and scores["n_samples"] == 2
     assert "kiwipiepy" in scores["tokenization"]
-    for name in ("base", "tuned"):
+    for name in columns:
         agg = scores["aggregate"][name]
         assert all(0.0 <= agg[k] <= 1.0 for k in ("rouge1", "rouge2", "rougeL", "rougeL_char", "coverage"))
         assert agg["loss"] > 0 and agg["perplexity"] > 1
     # three steps on the corpus already lower the loss on held-out references
-    assert scores["aggregate"]["tuned"]["loss"] < scores["aggregate"]["base"]["loss"]
+    assert scores["aggregate"]["tuned · plain"]["loss"] < scores["aggregate"]["base · plain"]["loss"]
+    # grounding writes no number whose digits the summary lacks (a unit may still differ: the fact check says so)
+    for sample in scores["samples"]:
+        numbers = {n.replace(",", "") for n in re.findall(r"[0-9][0-9,.]*[0-9]|[0-9]", sample["summary"])}
+        for name in ("base · grounded", "tuned · grounded"):
+            written = re.findall(r"[0-9][0-9,.]*[0-9]|[0-9]", sample["outputs"][name]["prediction"])
+            assert {n.replace(",", "") for n in written} <= numbers, (name, written, sample["summary"])
     metrics = json.loads((out / "run" / "metrics.json").read_text())
     assert metrics["global_step"] == 3
     html = (out / "eval" / "report.html").read_text(encoding="utf-8")

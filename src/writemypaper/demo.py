@@ -41,8 +41,10 @@ def demo(out: str = "writemypaper-demo", steps: int | None = None, eval_samples:
                   f"{metrics['global_step']} steps; validation loss {metrics['eval_loss']:.3f}")
 
     step(3, f"evaluate base against tuned on {eval_samples} held-out test pairs")
-    ecfg = config.load_config("evaluate", [f"n_samples={eval_samples}", f"generation.max_new_tokens={max_new_tokens}"],
-                              kind="evaluate")
+    # Two decodings: plain, and with numbers grounded in the summary (the default of generate and serve), so the
+    # report shows what grounding changes; best-of-N candidates cost N times the decoding and stay out of the demo.
+    ecfg = config.load_config("evaluate", [f"n_samples={eval_samples}", f"generation.max_new_tokens={max_new_tokens}",
+                                           "decodings=[plain,grounded]"], kind="evaluate")
     scores = evaluate.evaluate(ecfg, out=str(out_dir / "eval"), data=str(out_dir / "prepared"),
                                models={"base": models.EMBEDDED, "tuned": str(run_dir)})
 

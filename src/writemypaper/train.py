@@ -352,6 +352,12 @@ def _sft_config(cfg, out: Path, dtype):
     )
     if not eval_enabled(kw):
         kw["eval_strategy"] = "no"
+    if kw.get("save_strategy") is False:  # YAML reads an unquoted `no` as false, as for eval_strategy
+        kw["save_strategy"] = "no"
+    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # `accelerate launch` of several processes on a machine without a GPU: train on the CPU through gloo, as one
+        # job. Without it each process would train alone and all of them would write the same --out.
+        kw.setdefault("use_cpu", True)
     kw.setdefault("report_to", ["tensorboard"])
     kw.setdefault("save_strategy", "steps")
     kw.setdefault("disable_tqdm", False)

@@ -356,6 +356,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # Deprecation notices from the libraries underneath speak to library authors, not to our users.
     warnings.filterwarnings("ignore", category=FutureWarning)
+    import logging
+
+    # bitsandbytes warns at import on CPUs with AVX512-BF16 that an optional Hub-hosted kernel is missing; its CPU
+    # 4-bit path (used to rebuild a QLoRA run's NF4 base) works without it.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except UserError as e:

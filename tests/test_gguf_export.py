@@ -144,3 +144,29 @@ def test_modelfile_carries_the_training_prompt():
     summary = "한ㆍ중ㆍ일 대학생 1,200명의 정치 태도를 비교하였다."
     assert "<bos>" + template.replace("{{ .Prompt }}", summary) == prompts.render_prompt(summary, "초록을 쓰시오.")
     assert prompts.DEFAULT_INSTRUCTION in gguf_export.modelfile("x.gguf", None)
+
+
+def test_sentencepiece_vocabulary_as_llamacpp_writes_it(embedded_tokenizer, tmp_path):
+    """Gemma 2's vocabulary comes from its SentencePiece tokenizer.model. Google's own file for Gemma 3 can't be
+    fetched here, so one is rebuilt from the vocabulary that llama.cpp's converter wrote into the embedded GGUF; read
+    back through the gguf package, it must give that GGUF's pieces, scores and types exactly."""
+    pytest.importorskip("sentencepiece")
+    from sentencepiece import sentencepiece_model_pb2 as spm
+
+    ref = gguf_export.read_vocab(gguf_export.embedded_gguf_path())
+    proto = spm.ModelProto()
+    proto.trainer_spec.model_type = spm.TrainerSpec.BPE
+    proto.trainer_spec.byte_fallback = True
+    P = spm.ModelProto.SentencePiece
+    kinds = {1: P.NORMAL, 2: P.UNKNOWN, 3: P.CONTROL, 4: P.USER_DEFINED, 6: P.BYTE}
+    for text, score, t in zip(ref.tokens, ref.scores, ref.types):
+        text = text.decode("utf-8")
+        if t == 4 and text.strip(" ") == "":
+            text = text.replace(" ", "▁")  # SentencePiece spells spaces as '▁'; the GGUF as spaces
+        proto.pieces.add(piece=text, score=score, type=kinds[t])
+    # <unk> is CONTROL in the GGUF (transformers marks it special) but UNKNOWN in a SentencePiece model
+    proto.pieces[3].type = P.UNKNOWN
+    (tmp_path / "tokenizer.model").write_bytes(proto.SerializeToString())
+    got = gguf_export.sentencepiece_vocab(embedded_tokenizer, tmp_path / "tokenizer.model")
+    assert got.tokens == ref.tokens and got.types == ref.types and got.scores == ref.scores
+

@@ -43,8 +43,11 @@ def llama(embedded):
     from writemypaper.llamacpp import load_llama
 
     _, _, files = embedded
-    return {k: load_llama(p, n_ctx=1024, logits_all=True) for k, p in files.items()} | {
+    llms = {k: load_llama(p, n_ctx=1024, logits_all=True) for k, p in files.items()} | {
         "q4_k_m": load_llama(gguf_export.embedded_gguf_path(), n_ctx=1024, logits_all=True)}
+    yield llms
+    for llm in llms.values():
+        llm.close()
 
 
 def _hf_greedy(model, ids, n):

@@ -102,16 +102,40 @@ def vocabulary(tokenizer, base_model: str | None = None, model_dir: str | Path |
     if sp is None or not sp.is_file():
         raise UserError(f"GGUF export: {model_dir or 'the base model'} has no SentencePiece tokenizer.model, which "
                         f"llama.cpp's vocabulary is written from")
+    return sentencepiece_vocab(tokenizer, sp)
+
+
+def sentencepiece_vocab(tokenizer, sp: Path) -> Vocab:
+    """Pieces, scores and types from a SentencePiece model (through the gguf package's reader), with the types of
+    the tokenizer's added tokens refined as llama.cpp's converter does: special ones are CONTROL, the others
+    USER_DEFINED with '▁' written as a space."""
     import gguf.vocab
 
     if gguf.vocab.SentencePieceProcessor is None:
         raise UserError("GGUF export of this vocabulary reads tokenizer.model: pip install sentencepiece")
-    sp_vocab = gguf.vocab.SentencePieceVocab(sp.parent)
     tokens, scores, types = [], [], []
-    for text, score, toktype in sp_vocab.all_tokens():
+    for text, score, toktype in gguf.vocab.SentencePieceVocab(Path(sp).parent).all_tokens():
         tokens.append(text)
         scores.append(score)
         types.append(int(toktype))
+    # gguf's reader reads SentencePiece's user-defined pieces (runs of spaces, newlines, markup) as normal ones;
+    # llama.cpp matches them verbatim only when they are typed USER_DEFINED and spelled with spaces.
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(Path(sp).read_bytes())
+    for tid, piece in enumerate(proto.pieces):
+        if piece.type == piece.USER_DEFINED:
+            tokens[tid] = piece.piece.replace("▁", " ").encode("utf-8")
+            types[tid] = int(gguf.TokenType.USER_DEFINED)
+    for tid, added in tokenizer.added_tokens_decoder.items():
+        if tid >= len(tokens):
+            continue
+        if added.special:
+            types[tid] = int(gguf.TokenType.CONTROL)
+        else:
+            tokens[tid] = added.content.replace("▁", " ").encode("utf-8")
+            types[tid] = int(gguf.TokenType.USER_DEFINED)
     vocab = Vocab(tokens, scores, types, source=str(sp))
     if not _same_pieces(tokenizer, vocab.tokens):
         raise UserError(f"GGUF export: {sp} does not hold the tokenizer's pieces (sizes {len(vocab.tokens)} and "

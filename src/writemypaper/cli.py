@@ -126,7 +126,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
     if a.gguf:
         name = export.gguf_name(path, a.gguf)
         print(f"GGUF written to {path / name}, with an Ollama Modelfile beside it:\n"
-              f"  llama-cli -m {path / name} -p \"<a summary>\" -no-cnv\n"
+              f"  llama-server -m {path / name} --jinja   # its chat template adds the instruction\n"
               f"  cd {path} && ollama create {path.resolve().name} -f Modelfile")
     return 0
 

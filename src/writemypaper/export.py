@@ -37,7 +37,7 @@ def _card(run: Path, base_model: str, scores: dict | None, push_repo: str | None
         lines += ["## llama.cpp and Ollama", "",
                   f"`{gguf_file}` is the same model as one GGUF file for llama.cpp, Ollama and LM Studio; "
                   f"`Modelfile` sets Ollama's template, stop token and sampling:", "", "```bash",
-                  f"llama-cli -m {gguf_file} -p \"<a summary>\" -no-cnv   # or llama-server with --jinja",
+                  f"llama-server -m {gguf_file} --jinja   # the chat template adds the instruction",
                   "ollama create writemypaper -f Modelfile && ollama run writemypaper \"<a summary>\"", "```", ""]
     if not safetensors:
         return "\n".join(lines + _card_tail(run, scores, metrics, stats, recipe)) + "\n"

@@ -61,6 +61,11 @@ def test_export_writes_gguf_modelfile_and_carries_the_instruction(tiny_run, tmp_
     # generate/serve read the instruction from writemypaper.json, as they do for a training run
     info = json.loads((out / "writemypaper.json").read_text())
     assert info["instruction"] == INSTRUCTION and info["gguf"] == "q8_0"
+    from writemypaper.generate import Generator
+
+    gen = Generator.load(str(out), precision="fp32", device="cpu")
+    assert gen.instruction == INSTRUCTION
+    assert gen._encode([SUMMARY])["input_ids"][0].tolist() == tok(chat, add_special_tokens=False)["input_ids"]
     modelfile = (out / "Modelfile").read_text()
     assert "FROM ./tuned-q8_0.gguf" in modelfile and INSTRUCTION in modelfile
     card = (out / "README.md").read_text()

@@ -127,8 +127,14 @@ def _cmd_export(a: argparse.Namespace) -> int:
     from writemypaper import export
 
     path = export.export(a.run_dir, a.out, scores=a.scores, precision=a.precision, push_to_hub=a.push_to_hub,
-                         private=not a.public)
-    print(f"merged model written to {path}")
+                         private=not a.public, gguf=a.gguf, safetensors=not a.no_safetensors)
+    if not a.no_safetensors:
+        print(f"merged model written to {path}")
+    if a.gguf:
+        name = export.gguf_name(path, a.gguf)
+        print(f"GGUF written to {path / name}, with an Ollama Modelfile beside it:\n"
+              f"  llama-server -m {path / name} --jinja   # its chat template adds the instruction\n"
+              f"  cd {path} && ollama create {path.resolve().name} -f Modelfile")
     return 0
 
 
@@ -313,18 +319,28 @@ def build_parser() -> argparse.ArgumentParser:
     # export -------------------------------------------------------------------------------------------------------
     sp = sub.add_parser(
         "export",
-        help="merge a run's adapter into its base model, with a model card",
+        help="merge a run's adapter into its base model, with a model card; GGUF for llama.cpp and Ollama",
         description="Merge a training run's LoRA adapter into the base weights and write a directory that plain "
-        "transformers loads (chat template set), with a README.md model card.\n\nexample:\n"
-        "  writemypaper export runs/demo --out exported/demo --scores eval/scores.json",
+        "transformers loads, with a README.md model card. --gguf TYPE also writes the model as one GGUF file for "
+        "llama.cpp, Ollama and LM Studio, with an Ollama Modelfile beside it (the safetensors model is written too "
+        "unless --no-safetensors). The chat template of both carries the run's instruction, so a user message "
+        "holding only the summary renders the training prompt.\n\nexamples:\n"
+        "  writemypaper export runs/demo --out exported/demo --scores eval/scores.json\n"
+        "  writemypaper export runs/demo --out exported/demo --gguf q8_0\n"
+        "  writemypaper export gemma3-270m --out exported/base --gguf f16 --no-safetensors   # a base model, untuned",
         formatter_class=_Formatter,
     )
-    sp.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `writemypaper train`")
+    sp.add_argument("run_dir", metavar="RUN_DIR",
+                    help="a directory written by `writemypaper train` (or a base model: gemma3-270m, a directory, a Hub id)")
     sp.add_argument("--out", required=True, metavar="DIR")
     sp.add_argument("--scores", default=None, metavar="scores.json", help="evaluation scores for the model card")
     sp.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     sp.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload to this Hub repo (needs HF_TOKEN)")
     sp.add_argument("--public", action="store_true", help="make the Hub repo public (private by default)")
+    sp.add_argument("--gguf", default=None, choices=["f16", "bf16", "q8_0", "q4_0"], metavar="TYPE",
+                    help="also write OUT/<name>-TYPE.gguf and a Modelfile: f16, bf16, q8_0 (8-bit, half f16's size) "
+                    "or q4_0 (4-bit; the embedding stays 8-bit)")
+    sp.add_argument("--no-safetensors", action="store_true", help="with --gguf, write only the GGUF side")
     sp.set_defaults(func=_cmd_export)
 
     # demo ---------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Merge a training run's LoRA adapter into its base model and write a directory that plain
-`AutoModelForCausalLM.from_pretrained` loads, with the chat template set and a model card.
+`AutoModelForCausalLM.from_pretrained` loads, and/or one GGUF file with an Ollama Modelfile, with the run's
+instruction in the chat template and a model card.
 
-    writemypaper export runs/demo --out exported/demo [--scores eval/scores.json] [--push-to-hub user/repo]
+    writemypaper export runs/demo --out exported/demo [--gguf q8_0] [--scores eval/scores.json] [--push-to-hub user/repo]
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ from pathlib import Path
 from writemypaper.errors import UserError
 
 
-def _card(run: Path, base_model: str, scores: dict | None, push_repo: str | None) -> str:
+def _card(run: Path, base_model: str, scores: dict | None, push_repo: str | None, gguf_file: str | None = None,
+          safetensors: bool = True, is_run: bool = True) -> str:
     import yaml
-
-    from writemypaper import prompts
 
     metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8")) if (run / "metrics.json").is_file() else {}
     stats = json.loads((run / "data_stats.json").read_text(encoding="utf-8")) if (run / "data_stats.json").is_file() else {}
     recipe = (run / "config.yaml").read_text(encoding="utf-8") if (run / "config.yaml").is_file() else ""
-    info = json.loads((run / "writemypaper.json").read_text(encoding="utf-8")) if (run / "writemypaper.json").is_file() else {}
     hub_base = base_model if "/" in base_model and not Path(base_model).exists() else None
     front = {"language": ["ko"], "library_name": "transformers", "pipeline_tag": "text-generation",
              "tags": ["writemypaper", "korean", "abstract-generation", "lora", "gemma"]}
@@ -28,20 +27,36 @@ def _card(run: Path, base_model: str, scores: dict | None, push_repo: str | None
         front["base_model"] = hub_base
     lines = ["---", yaml.safe_dump(front, allow_unicode=True, sort_keys=False).strip(), "---", "",
              f"# {push_repo or run.name}: Korean paper summary → full abstract", "",
-             f"A Gemma chat model fine-tuned with LoRA by [writemypaper] to turn the short summary of a Korean academic "
-             f"paper into its full abstract. Base model: `{base_model}`. The adapter is merged into the weights.", "",
-             "## Use", "", "```python",
+             (f"A Gemma chat model fine-tuned with LoRA by [writemypaper] to turn the short summary of a Korean academic "
+              f"paper into its full abstract. Base model: `{base_model}`. The adapter is merged into the weights."
+              if is_run else f"The base model `{base_model}`, not fine-tuned, exported by [writemypaper] with the "
+              f"abstract-writing prompt in its chat template."), "",
+             "The chat template holds the instruction: send the bare summary as the user's message and it renders "
+             "the training prompt (a message that already starts with the instruction is left as it is).", ""]
+    if gguf_file:
+        lines += ["## llama.cpp and Ollama", "",
+                  f"`{gguf_file}` is the same model as one GGUF file for llama.cpp, Ollama and LM Studio; "
+                  f"`Modelfile` sets Ollama's template, stop token and sampling:", "", "```bash",
+                  f"llama-server -m {gguf_file} --jinja   # the chat template adds the instruction",
+                  "ollama create writemypaper -f Modelfile && ollama run writemypaper \"<a summary>\"", "```", ""]
+    if not safetensors:
+        return "\n".join(lines + _card_tail(run, scores, metrics, stats, recipe)) + "\n"
+    lines += ["## Use", "", "```python",
              "from transformers import AutoModelForCausalLM, AutoTokenizer",
              "tok = AutoTokenizer.from_pretrained(PATH)",
              "model = AutoModelForCausalLM.from_pretrained(PATH)",
-             f"msg = [{{'role': 'user', 'content': {(info.get('instruction') or prompts.DEFAULT_INSTRUCTION)!r} + '\\n\\n' + summary}}]",
+             "msg = [{'role': 'user', 'content': summary}]  # the template adds the instruction",
              "ids = tok.apply_chat_template(msg, add_generation_prompt=True, return_tensors='pt', return_dict=True)",
              "out = model.generate(**ids, max_new_tokens=512, do_sample=True, temperature=0.7, repetition_penalty=1.15)",
              "print(tok.decode(out[0, ids['input_ids'].shape[1]:], skip_special_tokens=True))",
              "```", "",
              "The generation config stops on `<end_of_turn>` and eos. Check the figures in what it writes: the model "
              "can add numbers that its summary does not support (`writemypaper evaluate` flags them).", ""]
-    lines += ["## Training", ""]
+    return "\n".join(lines + _card_tail(run, scores, metrics, stats, recipe)) + "\n"
+
+
+def _card_tail(run: Path, scores: dict | None, metrics: dict, stats: dict, recipe: str) -> list[str]:
+    lines = ["## Training", ""] if metrics or recipe else []
     for k in ("global_step", "train_loss_first", "train_loss_last", "eval_loss", "eval_perplexity",
               "trainable_parameters", "precision", "device", "train_runtime_s"):
         if metrics.get(k) is not None:
@@ -62,41 +77,41 @@ def _card(run: Path, base_model: str, scores: dict | None, push_repo: str | None
         for name, a in scores.get("aggregate", {}).items():
             cells = [a.get(k) for k in ("rouge1", "rouge2", "rougeL", "rougeL_char", "unsupported_rate", "coverage", "loss")]
             lines.append(f"| {name} | " + " | ".join(f"{c:.3f}" if isinstance(c, (int, float)) else "" for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def export(run_dir: str, out: str, scores: str | None = None, precision: str = "auto",
-           push_to_hub: str | None = None, private: bool = True) -> Path:
-    import torch
-
-    from writemypaper import models, prompts
-    from writemypaper.atomic import atomic_dir, atomic_write_text
+           push_to_hub: str | None = None, private: bool = True, gguf: str | None = None,
+           safetensors: bool = True) -> Path:
+    """Merge RUN_DIR's adapter (or take a base model as it is: `gemma3-270m`, a directory, a Hub id) and write OUT:
+    the safetensors model for transformers unless `safetensors` is false, and with `gguf` a TYPE.gguf file plus an
+    Ollama Modelfile. Both carry the run's instruction in their chat template."""
+    from writemypaper import models
 
     run = Path(run_dir)
-    if not models.is_run_dir(run):
-        raise UserError(f"{run_dir}: not a finished training run (no adapter_config.json); train one first")
+    is_run = models.is_run_dir(run)
+    base_ok = run.is_dir() and (run / "config.json").is_file() or run_dir == models.EMBEDDED or (
+        not run.exists() and run_dir.count("/") == 1 and not run_dir.startswith((".", "/", "~")))
+    if not is_run and not base_ok:
+        raise UserError(f"{run_dir}: not a finished training run (no adapter_config.json) nor a model; train one "
+                        f"first, or name a base model (gemma3-270m, a model directory, a Hub id)")
     if Path(out).resolve() == run.resolve():
         raise UserError("--out must differ from the run directory")
+    if gguf is not None:
+        from writemypaper.gguf_export import GGUF_TYPES
+
+        if gguf not in GGUF_TYPES:
+            raise UserError(f"--gguf {gguf}: use one of {', '.join(GGUF_TYPES)}")
+    if not safetensors and not gguf:
+        raise UserError("--no-safetensors leaves nothing to write: add --gguf TYPE")
     score_data = None
     if scores:
         if not Path(scores).is_file():
             raise UserError(f"--scores {scores}: no such file")
         score_data = json.loads(Path(scores).read_text(encoding="utf-8"))
-    base_model = models.run_base_model(run)
-    # Merge in full or half precision, never into 4-bit weights: merging into quantized weights loses the adapter.
-    model, tokenizer = models.load_for_inference(str(run), precision=precision, device="cpu")
-    merged = model.merge_and_unload()
-    merged.config.name_or_path = base_model
-    merged.generation_config.eos_token_id = prompts.stop_token_ids(tokenizer)
-    merged.generation_config.pad_token_id = tokenizer.pad_token_id
-    tokenizer.chat_template = tokenizer.chat_template or prompts.CHAT_TEMPLATE
-    tokenizer.padding_side = "left"
-    with atomic_dir(out) as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        atomic_write_text(tmp / "README.md", _card(run, base_model, score_data, push_to_hub))
-    del merged, model
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    base_model = models.run_base_model(run) if is_run else run_dir
+    info = _run_info(run) if is_run else {}
+    _write_export(run_dir, out, base_model, info, is_run, score_data, precision, push_to_hub, gguf, safetensors)
     if push_to_hub:
         from huggingface_hub import HfApi
 
@@ -106,3 +121,53 @@ def export(run_dir: str, out: str, scores: str | None = None, precision: str = "
             api.upload_folder(folder_path=out, repo_id=push_to_hub, commit_message="writemypaper export")
         print(f"pushed to https://huggingface.co/{push_to_hub}")
     return Path(out)
+
+
+def _run_info(run: Path) -> dict:
+    path = run / "writemypaper.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def gguf_name(out: str | Path, kind: str) -> str:
+    return f"{Path(out).resolve().name}-{kind}.gguf"
+
+
+def _write_export(ref: str, out: str, base_model: str, info: dict, is_run: bool, score_data, precision: str,
+                  push_to_hub: str | None, gguf: str | None, safetensors: bool) -> None:
+    import torch
+
+    from writemypaper import gguf_export, models, prompts
+    from writemypaper.atomic import atomic_dir, atomic_write_json, atomic_write_text
+
+    instruction = info.get("instruction")
+    # The vocabulary is checked before the minutes of loading and merging, so a model it cannot write fails fast.
+    tokenizer = models.load_tokenizer(ref, padding_side="left")
+    vocab = gguf_export.vocabulary(tokenizer, base_model) if gguf else None
+    # Merge in full or half precision, never into 4-bit weights: merging into quantized weights loses the adapter.
+    model, tokenizer = models.load_for_inference(ref, precision=precision, device="cpu")
+    merged = model.merge_and_unload() if is_run else model
+    merged.config.name_or_path = base_model
+    merged.generation_config.eos_token_id = prompts.stop_token_ids(tokenizer)
+    merged.generation_config.pad_token_id = tokenizer.pad_token_id
+    # The instruction travels in the chat template, so a consumer that sends only the summary (a pipeline, vLLM,
+    # llama.cpp, Ollama) gets the training prompt; writemypaper.json tells our own generate/serve the same.
+    template = prompts.export_chat_template(instruction)
+    tokenizer.chat_template = template
+    tokenizer.padding_side = "left"
+    name = Path(out).resolve().name
+    with atomic_dir(out) as tmp:
+        if safetensors:
+            merged.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        if gguf:
+            gguf_file = gguf_name(out, gguf)
+            gguf_export.write_gguf(merged, tokenizer, tmp / gguf_file, gguf, template, vocab, name=name)
+            atomic_write_text(tmp / "Modelfile", gguf_export.modelfile(gguf_file, instruction))
+        atomic_write_json(tmp / "writemypaper.json", {"base_model": base_model, "instruction": instruction,
+                                                      "exported_from": str(Path(ref).resolve()) if is_run else ref,
+                                                      "safetensors": safetensors, "gguf": gguf})
+        atomic_write_text(tmp / "README.md", _card(Path(ref), base_model, score_data, push_to_hub, gguf and
+                                                   gguf_name(out, gguf), safetensors, is_run))
+    del merged, model
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+

@@ -31,6 +31,30 @@ CHAT_TEMPLATE = (
 )
 
 
+def export_chat_template(instruction: str | None = None) -> str:
+    """CHAT_TEMPLATE with the instruction built in, for exported models: the first user message gets the instruction
+    and a blank line before it, so a consumer that knows nothing of writemypaper (a transformers pipeline, vLLM,
+    llama.cpp) sends the bare summary and renders exactly `render_prompt(summary, instruction)`. A first message
+    that already starts with the instruction is left as it is, so callers that wrap the summary themselves (our own
+    `user_message`) render the same prompt, not the instruction twice."""
+    import json
+
+    # A JSON string literal is also a valid Jinja string literal (quotes, backslashes and newlines escaped).
+    literal = json.dumps((instruction or DEFAULT_INSTRUCTION).strip(), ensure_ascii=False)
+    return CHAT_TEMPLATE.replace(
+        "{%- set ns = namespace(system='') -%}",
+        "{%- set ns = namespace(system='', first=true) -%}"
+        "{%- set instruction = " + literal + " -%}",
+    ).replace(
+        "{{ '<start_of_turn>' + role + '\n' + (ns.system if role == 'user' else '') + message['content'] | trim",
+        "{%- set content = message['content'] | trim -%}"
+        "{%- if role == 'user' and ns.first -%}{%- set ns.first = false -%}"
+        "{%- if not content.startswith(instruction) -%}{%- set content = instruction + '\n\n' + content -%}{%- endif -%}"
+        "{%- endif -%}"
+        "{{ '<start_of_turn>' + role + '\n' + (ns.system if role == 'user' else '') + content",
+    )
+
+
 def user_message(summary: str, instruction: str | None = None) -> str:
     """The user turn's text: the instruction, a blank line, the summary."""
     return f"{instruction or DEFAULT_INSTRUCTION}\n\n{summary.strip()}"

@@ -1,0 +1,157 @@
+"""llama.cpp as a CPU engine for GGUF models (an export's, or the embedded Q4_K_M), through llama-cpp-python, with the
+same `generate`/`stream` interface as generate.Generator and the same training prompt.
+
+    writemypaper generate "요약문..." --model exported/demo/demo-q8_0.gguf
+    CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install 'writemypaper[llamacpp]'   # the portable build; see README
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Callable, Iterator
+
+from writemypaper import prompts
+from writemypaper.errors import UserError
+
+INSTALL = "CMAKE_ARGS=\"-DGGML_NATIVE=OFF\" pip install 'writemypaper[llamacpp]'"
+
+
+def is_gguf(ref: str | os.PathLike | None) -> bool:
+    return ref is not None and str(ref).endswith(".gguf")
+
+
+def load_llama(path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = None, logits_all: bool = False):
+    """A llama_cpp.Llama on `path`, quiet, with a one-line error when the extra or the file is missing."""
+    if not Path(path).is_file():
+        raise UserError(f"--model {path}: no such GGUF file")
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        raise UserError(f"a .gguf model runs through llama.cpp: {INSTALL}") from None
+    try:
+        return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), n_batch=512,
+                     logits_all=logits_all, verbose=False)
+    except ValueError as e:  # llama-cpp-python's word for a file llama.cpp refused
+        raise UserError(f"llama.cpp cannot load {path}: {e}") from None
+
+
+def _instruction_beside(path: Path) -> str | None:
+    """An export's writemypaper.json sits beside its GGUF and names the run's instruction."""
+    info = path.parent / "writemypaper.json"
+    if info.is_file():
+        return json.loads(info.read_text(encoding="utf-8")).get("instruction")
+    return None
+
+
+class LlamaCppGenerator:
+    """Writes abstracts with llama.cpp. One sequence at a time: llama-cpp-python's completion API has no batches,
+    so `batch_size` is accepted for the common interface and ignored."""
+
+    def __init__(self, llm, instruction: str | None = None):
+        self.llm = llm
+        self.instruction = instruction
+        self.lock = threading.Lock()  # a llama_context is not thread-safe
+        self.tokenizer = _TokenizerView(llm)
+
+    @classmethod
+    def load(cls, model: str, instruction: str | None = None, n_ctx: int = 4096) -> "LlamaCppGenerator":
+        return cls(load_llama(model, n_ctx=n_ctx), instruction=instruction or _instruction_beside(Path(model)))
+
+    def encode(self, summary: str) -> list[int]:
+        # The rendered prompt holds <bos> and the turn markers as text: parse them as special tokens, add no second
+        # <bos> (the notebook's doubled BOS).
+        text = prompts.render_prompt(summary, self.instruction, bos="<bos>")
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def _completion(self, summary: str, settings, seed: int | None, stream: bool):
+        sample = settings.do_sample and settings.temperature > 0
+        return self.llm.create_completion(
+            prompt=self.encode(summary), max_tokens=settings.max_new_tokens, stream=stream,
+            temperature=settings.temperature if sample else 0.0, top_p=settings.top_p if sample else 1.0,
+            top_k=settings.top_k if sample else 1, min_p=0.0, repeat_penalty=settings.repetition_penalty,
+            seed=seed if seed is not None else -1, stop=[prompts.END_OF_TURN],
+        )
+
+    def generate(self, summaries: list[str], settings=None, batch_size: int = 8, progress: bool = False,
+                 stop: Callable[[], bool] | None = None) -> list[list[str]]:
+        from tqdm.auto import tqdm
+
+        from writemypaper.generate import GenerationSettings
+
+        settings = (settings or GenerationSettings()).validate()
+        results = []
+        for summary in tqdm(summaries, desc="generating", unit="abstract", disable=not progress):
+            outs = []
+            for k in range(settings.num_return_sequences):
+                seed = None if settings.seed is None else settings.seed + k
+                with self.lock:
+                    pieces = []
+                    for chunk in self._completion(summary, settings, seed, stream=True):
+                        pieces.append(chunk["choices"][0]["text"])
+                        if stop is not None and stop():
+                            break
+                outs.append("".join(pieces).strip())
+            results.append(outs)
+        return results
+
+    def stream(self, summary: str, settings=None, stop: Callable[[], bool] | None = None) -> Iterator[str]:
+        from writemypaper.generate import GenerationSettings
+
+        settings = (settings or GenerationSettings()).validate()
+        if settings.num_return_sequences != 1:
+            raise UserError("streaming writes one abstract: num_return_sequences must be 1")
+        with self.lock:
+            for chunk in self._completion(summary, settings, settings.seed, stream=True):
+                yield chunk["choices"][0]["text"]
+                if stop is not None and stop():
+                    break
+
+
+class _TokenizerView:
+    """The little of a transformers tokenizer that callers of a Generator read (prompt lengths for the server)."""
+
+    def __init__(self, llm):
+        self.llm = llm
+        self.bos_token = "<bos>"
+
+    def __call__(self, text: str, add_special_tokens: bool = False, **_):
+        ids = self.llm.tokenize(text.encode("utf-8"), add_bos=add_special_tokens, special=True)
+        return {"input_ids": ids}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# for verification and benchmarks: greedy token ids and teacher-forced log-probabilities
+
+
+def greedy_ids(llm, prompt_ids: list[int], n: int) -> list[int]:
+    """The first `n` greedy tokens after `prompt_ids` (stopping early at an end-of-generation token)."""
+    out = []
+    llm.reset()
+    for tok in llm.generate(prompt_ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
+        if llm.token_eos() == tok or _is_eog(llm, tok):
+            break
+        out.append(int(tok))
+        if len(out) >= n:
+            break
+    return out
+
+
+def _is_eog(llm, tok: int) -> bool:
+    import llama_cpp
+
+    return bool(llama_cpp.llama_vocab_is_eog(llama_cpp.llama_model_get_vocab(llm.model), tok))
+
+
+def next_token_logprobs(llm, ids: list[int]):
+    """log p(ids[i+1] | ids[:i+1]) for every position, from llama.cpp's logits (needs logits_all=True)."""
+    import numpy as np
+
+    llm.reset()
+    llm.eval(ids)
+    logits = np.asarray(llm.scores[: len(ids) - 1], dtype=np.float64)
+    logits -= logits.max(-1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    return logp[np.arange(len(ids) - 1), ids[1:]]

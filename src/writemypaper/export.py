@@ -14,7 +14,7 @@ from writemypaper.errors import UserError
 
 
 def _card(run: Path, base_model: str, scores: dict | None, push_repo: str | None, gguf_file: str | None = None,
-          safetensors: bool = True, is_run: bool = True) -> str:
+          safetensors: bool = True, is_run: bool = True, merged_base: str | None = None) -> str:
     import yaml
 
     metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8")) if (run / "metrics.json").is_file() else {}
@@ -33,6 +33,9 @@ def _card(run: Path, base_model: str, scores: dict | None, push_repo: str | None
               f"abstract-writing prompt in its chat template."), "",
              "The chat template holds the instruction: send the bare summary as the user's message and it renders "
              "the training prompt (a message that already starts with the instruction is left as it is).", ""]
+    if merged_base and merged_base != "as saved":
+        lines += [f"The adapter was merged into the base weights {merged_base}: a QLoRA run is trained and validated "
+                  "on NF4-rounded weights, so that is the model that was measured.", ""]
     if gguf_file:
         lines += ["## llama.cpp and Ollama", "",
                   f"`{gguf_file}` is the same model as one GGUF file for llama.cpp, Ollama and LM Studio; "
@@ -47,7 +50,10 @@ def _card(run: Path, base_model: str, scores: dict | None, push_repo: str | None
              "model = AutoModelForCausalLM.from_pretrained(PATH)",
              "msg = [{'role': 'user', 'content': summary}]  # the template adds the instruction",
              "ids = tok.apply_chat_template(msg, add_generation_prompt=True, return_tensors='pt', return_dict=True)",
-             "out = model.generate(**ids, max_new_tokens=512, do_sample=True, temperature=0.7, repetition_penalty=1.15)",
+             "from transformers import RepetitionPenaltyLogitsProcessor",
+             "# penalise repeats of the model's own words only: copying the summary's figures is the job",
+             "keep = RepetitionPenaltyLogitsProcessor(1.15, prompt_ignore_length=ids['input_ids'].shape[1])",
+             "out = model.generate(**ids, max_new_tokens=512, do_sample=True, temperature=0.7, logits_processor=[keep])",
              "print(tok.decode(out[0, ids['input_ids'].shape[1]:], skip_special_tokens=True))",
              "```", "",
              "The generation config stops on `<end_of_turn>` and eos. Check the figures in what it writes: the model "
@@ -145,6 +151,7 @@ def _write_export(ref: str, out: str, base_model: str, info: dict, is_run: bool,
     vocab = gguf_export.vocabulary(tokenizer, base_model) if gguf else None
     # Merge in full or half precision, never into 4-bit weights: merging into quantized weights loses the adapter.
     model, tokenizer = models.load_for_inference(ref, precision=precision, device="cpu")
+    merged_base = getattr(model, "writemypaper_base", None)  # a QLoRA run merges into its NF4-rounded base
     merged = model.merge_and_unload() if is_run else model
     merged.config.name_or_path = base_model
     merged.generation_config.eos_token_id = prompts.stop_token_ids(tokenizer)
@@ -165,9 +172,10 @@ def _write_export(ref: str, out: str, base_model: str, info: dict, is_run: bool,
             atomic_write_text(tmp / "Modelfile", gguf_export.modelfile(gguf_file, instruction))
         atomic_write_json(tmp / "writemypaper.json", {"base_model": base_model, "instruction": instruction,
                                                       "exported_from": str(Path(ref).resolve()) if is_run else ref,
-                                                      "safetensors": safetensors, "gguf": gguf})
+                                                      "safetensors": safetensors, "gguf": gguf,
+                                                      "merged_base": merged_base})
         atomic_write_text(tmp / "README.md", _card(Path(ref), base_model, score_data, push_to_hub, gguf and
-                                                   gguf_name(out, gguf), safetensors, is_run))
+                                                   gguf_name(out, gguf), safetensors, is_run, merged_base))
     del merged, model
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
 

@@ -457,19 +457,37 @@ def default_device() -> str:
     return "cpu"
 
 
-def load_for_inference(ref: str | None, precision: str = "auto", device: str | None = None):
+def load_for_inference(ref: str | None, precision: str = "auto", device: str | None = None, nf4_base: bool = True):
     """(model, tokenizer) ready to generate: a base model, a merged export, or a training run (base + adapter).
-    The tokenizer pads on the left, as batched generation needs."""
+    The tokenizer pads on the left, as batched generation needs.
+
+    A QLoRA run was trained and validated on NF4 base weights, so by default its base is rounded through NF4 the
+    same way (writemypaper.nf4) before the adapter goes on; `nf4_base=False` keeps the unrounded base. Which one was
+    used is in `model.writemypaper_base`, for evaluate's scores and export's model card."""
     ref = resolve_model(ref)
     device = device or default_device()
     tokenizer = load_tokenizer(ref, padding_side="left")
+    base_kind = "as saved"
     if is_run_dir(ref):
         from peft import PeftModel
 
+        from writemypaper import nf4
+
         base = load_model(run_base_model(ref), precision=precision, tokenizer=tokenizer)
+        if nf4.run_quantization(ref):
+            if nf4_base:
+                dtype = nf4.run_compute_dtype(ref)
+                base.to(device)  # bitsandbytes quantizes on the weights' device: the GPU is much faster
+                n = nf4.round_trip_(base, dtype)
+                base_kind = f"NF4-dequantized ({str(dtype).replace('torch.', '')}), as trained and validated"
+                print(f"writemypaper: note: {ref} is a QLoRA run: its base's {n} projections are rounded through NF4, "
+                      f"as in training", file=sys.stderr)
+            else:
+                base_kind = "unrounded (the QLoRA run was trained on NF4 weights)"
         model = PeftModel.from_pretrained(base, ref, is_trainable=False)
     else:
         model = load_model(ref, precision=precision, tokenizer=tokenizer)
     model.to(device)
     model.eval()
+    model.writemypaper_base = base_kind
     return model, tokenizer

@@ -163,6 +163,8 @@ def _columns_table(scores: dict) -> str:
     for name in scores["models"]:
         c = columns.get(name, {})
         model = c.get("model_ref") or c.get("model") or name
+        if c.get("base") and c["base"] != "as saved":  # a QLoRA run: say which base its adapter sat on
+            model = f"{model} (base: {c['base']})"
         lines.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(str(model))}</td>"
                      f"<td>{html.escape(str(c.get('decoding') or '—'))}</td>"
                      f"<td>{html.escape(str(c.get('description') or '—'))}</td>"

@@ -171,3 +171,42 @@ def test_llamacpp_generator_streams_what_it_generates(embedded):
     calls = []
     stopped = gen.generate(SUMMARIES[:1], settings, stop=lambda: calls.append(1) or len(calls) >= 3)
     assert len(calls) == 3 and len(stopped[0][0]) < len(batch[0][0])
+
+
+def test_grounded_numbers_hold_inside_llamacpp():
+    """A .gguf model goes to llama.cpp through Generator.load, and grounding works there as a logits processor of
+    llama.cpp's own decoding loop: with every digit pushed up, the plain decoder invents numbers; the grounded one
+    writes only the summary's."""
+    pytest.importorskip("llama_cpp")
+    from llama_cpp import LogitsProcessorList
+
+    from writemypaper.generate import GenerationSettings, Generator
+    from writemypaper.grounding import Grounding
+    from writemypaper.llamacpp import LlamaCppGenerator, _GroundedNumbers
+
+    gen = Generator.load(str(gguf_export.embedded_gguf_path()))
+    assert isinstance(gen, LlamaCppGenerator)
+    summary = SUMMARIES[0]  # 1,200명, 2019년
+    table = gen.number_table
+    digits = [i for i, t in table.texts.items() if len(t) == 1 and t.isdigit()]
+    assert len(digits) >= 10
+
+    def push(input_ids, scores):
+        scores[digits] += 50.0
+        return scores
+
+    prompt = gen.encode(summary)
+
+    def write(grounded: bool) -> str:
+        procs = [push] + ([_GroundedNumbers(table, summary, len(prompt), 24)] if grounded else [])
+        out = gen.llm.create_completion(prompt=prompt, max_tokens=24, temperature=0.0, top_k=1, repeat_penalty=1.0,
+                                        logits_processor=LogitsProcessorList(procs), stop=[prompts.END_OF_TURN])
+        return out["choices"][0]["text"]
+
+    rule = Grounding(table, summary)
+    free, held = write(False), write(True)
+    assert not rule.allows(free), free
+    assert rule.allows(held) and any(c.isdigit() for c in held), held
+    # and through the engine's own generate, with its defaults (grounded)
+    (text,), = gen.generate([summary], GenerationSettings(max_new_tokens=24, do_sample=False))
+    assert rule.allows(text), text

@@ -158,6 +158,10 @@ class Generator:
     @classmethod
     def load(cls, model: str | None = None, precision: str = "auto", device: str | None = None,
              instruction: str | None = None) -> "Generator":
+        if model is not None and str(model).endswith(".gguf"):  # a GGUF file runs through llama.cpp (an extra)
+            from writemypaper.llamacpp import LlamaCppGenerator
+
+            return LlamaCppGenerator.load(model, instruction=instruction)
         from writemypaper.models import load_for_inference
 
         m, tok = load_for_inference(model, precision=precision, device=device)

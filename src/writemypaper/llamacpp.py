@@ -55,6 +55,26 @@ class LlamaCppGenerator:
         self.instruction = instruction
         self.lock = threading.Lock()  # a llama_context is not thread-safe
         self.tokenizer = _TokenizerView(llm)
+        self._number_table = None
+
+    @property
+    def number_table(self):
+        """The grounding table of llama.cpp's own vocabulary, built on first use (about a second)."""
+        if self._number_table is None:
+            self._number_table = number_table(self.llm)
+        return self._number_table
+
+    def _processors(self, summary: str, prompt_length: int, settings):
+        """The same decoding rules as the transformers engine, as llama-cpp-python logits processors: the repetition
+        penalty over generated tokens only (llama.cpp's own covers the prompt), and grounded numbers."""
+        from llama_cpp import LogitsProcessorList
+
+        procs = []
+        if settings.repetition_penalty != 1.0:
+            procs.append(_GeneratedRepetitionPenalty(settings.repetition_penalty, prompt_length))
+        if settings.grounded:
+            procs.append(_GroundedNumbers(self.number_table, summary, prompt_length, settings.max_new_tokens))
+        return LogitsProcessorList(procs) if procs else None
 
     @classmethod
     def load(cls, model: str, instruction: str | None = None, n_ctx: int = 4096) -> "LlamaCppGenerator":
@@ -68,10 +88,12 @@ class LlamaCppGenerator:
 
     def _completion(self, summary: str, settings, seed: int | None, stream: bool):
         sample = settings.do_sample and settings.temperature > 0
+        prompt = self.encode(summary)
         return self.llm.create_completion(
-            prompt=self.encode(summary), max_tokens=settings.max_new_tokens, stream=stream,
+            prompt=prompt, max_tokens=settings.max_new_tokens, stream=stream,
             temperature=settings.temperature if sample else 0.0, top_p=settings.top_p if sample else 1.0,
-            top_k=settings.top_k if sample else 1, min_p=0.0, repeat_penalty=settings.repetition_penalty,
+            top_k=settings.top_k if sample else 1, min_p=0.0, repeat_penalty=1.0,
+            logits_processor=self._processors(summary, len(prompt), settings),
             seed=seed if seed is not None else -1, stop=[prompts.END_OF_TURN],
         )
 
@@ -81,11 +103,13 @@ class LlamaCppGenerator:
 
         from writemypaper.generate import GenerationSettings
 
+        from writemypaper.generate import rank
+
         settings = (settings or GenerationSettings()).validate()
         results = []
         for summary in tqdm(summaries, desc="generating", unit="abstract", disable=not progress):
             outs = []
-            for k in range(settings.num_return_sequences):
+            for k in range(settings.rows_per_summary):
                 seed = None if settings.seed is None else settings.seed + k
                 with self.lock:
                     pieces = []
@@ -94,6 +118,9 @@ class LlamaCppGenerator:
                         if stop is not None and stop():
                             break
                 outs.append("".join(pieces).strip())
+            if settings.candidates > 1:  # ranked by the fact check alone: llama.cpp's completions carry no logprobs
+                ranked = rank(summary, [{"text": t, "mean_logprob": None} for t in outs])
+                outs = [c["text"] for c in ranked[:settings.num_return_sequences]]
             results.append(outs)
         return results
 
@@ -108,6 +135,66 @@ class LlamaCppGenerator:
                 yield chunk["choices"][0]["text"]
                 if stop is not None and stop():
                     break
+
+
+def number_table(llm):
+    """grounding.NumberTable for llama.cpp's vocabulary: each token's bytes as llama.cpp writes them (byte tokens
+    such as <0x35> become their digit, control tokens nothing)."""
+    from writemypaper.grounding import NumberTable
+
+    texts, empty = {}, []
+    for i in range(llm.n_vocab()):
+        raw = llm.detokenize([i])
+        if not raw:
+            empty.append(i)
+            continue
+        text = raw.decode("utf-8", errors="replace")
+        if any(c in "0123456789.," or c.isdecimal() for c in text):
+            texts[i] = text
+    return NumberTable(texts, empty)
+
+
+class _GeneratedRepetitionPenalty:
+    """transformers' repetition penalty over the tokens written after the prompt only."""
+
+    def __init__(self, penalty: float, prompt_length: int):
+        self.penalty, self.prompt_length = penalty, prompt_length
+
+    def __call__(self, input_ids, scores):
+        import numpy as np
+
+        seen = np.unique(np.asarray(input_ids[self.prompt_length:], dtype=np.int64))
+        if len(seen):
+            s = scores[seen]
+            scores[seen] = np.where(s < 0, s * self.penalty, s / self.penalty)
+        return scores
+
+
+class _GroundedNumbers:
+    """grounding.Grounding as a llama-cpp-python logits processor for one sequence."""
+
+    def __init__(self, table, summary: str, prompt_length: int, max_new_tokens: int):
+        from writemypaper.grounding import Grounding
+
+        self.table, self.prompt_length, self.max_new_tokens = table, prompt_length, max_new_tokens
+        self.grounding = Grounding(table, summary)
+
+    def __call__(self, input_ids, scores):
+        import numpy as np
+
+        generated = [int(i) for i in input_ids[max(self.prompt_length, len(input_ids) - 64):]]
+        budget = self.max_new_tokens - (len(input_ids) - self.prompt_length)
+        key = budget if budget <= self.grounding.longest + 1 else None
+        mode, ids = self.grounding.constraint(self.table.trailing_run(generated), key)
+        if ids:
+            index = np.fromiter((i for i in ids if i < len(scores)), dtype=np.int64)
+            if mode == "ban":
+                scores[index] = -np.inf
+            else:
+                kept = scores[index].copy()
+                scores[:] = -np.inf
+                scores[index] = kept
+        return scores
 
 
 class _TokenizerView:

@@ -68,7 +68,7 @@ def test_grounded_and_candidates_reach_the_generator_or_are_refused():
         text = describe(vars(s))
         assert text.startswith("sampled (") and "numbers grounded in the summary, best of 4 by the fact check" in text
         assert decoding_settings(base, Decoding("plain")).grounded is False
-        with pytest.raises(UserError, match="need temperature > 0"):
+        with pytest.raises(UserError, match="needs sampling"):
             decoding_settings(GenerationSettings(temperature=0.0), Decoding("g+2", True, 2))
     else:
         # A generator without grounding must not quietly decode "grounded" as plain.

@@ -25,19 +25,7 @@ EXTRA=${EXTRA:-compile_layers=false}
 mkdir -p "$OUT"
 export OUT MODEL
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
-LOG=$OUT/log.txt
-ALL_GPUS=$(nvidia-smi --query-gpu=index --format=csv,noheader | paste -sd, -)
-
-if ! python3 -c "import trl, datasets" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    >>"$LOG" 2>&1 || { echo "wheel install failed"; tail -5 "$LOG"; exit 1; }
-  export PYTHONPATH=/tmp/site:$PWD/src
-else
-  export PYTHONPATH=$PWD/src
-fi
-
-left() { echo $((BUDGET - SECONDS)); }
+. bench/device_env.sh
 # run NAME NEEDS LIMIT CMD...: CMD under a time limit, with every GPU's memory polled; appends a line to fsdp.jsonl
 run() {
   local name=$1 needs=$2 limit=$3; shift 3

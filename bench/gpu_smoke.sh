@@ -15,21 +15,9 @@ BUDGET=${BUDGET:-520}
 MODEL=${MODEL:-/tmp/gemma2-2b-random}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
-LOG=$OUT/log.txt
+. bench/device_env.sh
 # Single-GPU steps see one GPU (the Trainer would otherwise wrap the model in DataParallel); fast-2gpu sees them all.
-ALL_GPUS=$(nvidia-smi --query-gpu=index --format=csv,noheader | paste -sd, -)
 export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
-
-if ! python3 -c "import trl, datasets" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    >>"$LOG" 2>&1 || { echo "wheel install failed"; tail -5 "$LOG"; exit 1; }
-  export PYTHONPATH=/tmp/site:$PWD/src
-else
-  export PYTHONPATH=$PWD/src
-fi
-
-left() { echo $((BUDGET - SECONDS)); }
 # step NAME NEEDS LIMIT CMD...: run CMD with a time limit of LIMIT s if at least NEEDS s of the budget are left.
 step() {
   local name=$1 needs=$2 limit=$3; shift 3

@@ -210,3 +210,22 @@ def test_grounded_numbers_hold_inside_llamacpp():
     # and through the engine's own generate, with its defaults (grounded)
     (text,), = gen.generate([summary], GenerationSettings(max_new_tokens=24, do_sample=False))
     assert rule.allows(text), text
+
+
+def test_evaluate_scores_a_gguf_model_through_llamacpp(tmp_path, short_prepared):
+    """`evaluate --models NAME=FILE.gguf` generates with llama.cpp, plain and grounded, and scores it; llama.cpp gives
+    no torch model, so its column has no loss, and says so by leaving it out."""
+    pytest.importorskip("llama_cpp")
+    import json
+
+    from writemypaper.cli import main
+
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(short_prepared), "--models", f"q4={gguf_export.embedded_gguf_path()}",
+                 "--decodings", "plain", "grounded", "-n", "2", "--out", str(out), "generation.max_new_tokens=16",
+                 "bootstrap=100"]) == 0
+    scores = json.loads((out / "scores.json").read_text(encoding="utf-8"))
+    assert scores["models"] == ["q4 · plain", "q4 · grounded"]
+    assert all(scores["samples"][i]["outputs"]["q4 · grounded"]["prediction"] for i in range(2))
+    assert scores["aggregate"]["q4 · plain"].get("loss") is None
+    assert (out / "report.html").is_file()

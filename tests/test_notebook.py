@@ -114,7 +114,9 @@ def test_notebook_runs_end_to_end_on_cpu(tmp_path, monkeypatch):
     assert stats["options"]["granularity"] == "section" and "section pairs" in _text(preset_cell)
 
     scores = json.loads((out / "eval" / "scores.json").read_text(encoding="utf-8"))
-    assert scores["models"] == ["base", "tuned"] and scores["n_samples"] == 1
+    # each model under evaluate's decodings: plain, numbers grounded in the summary, best of 4 by the fact check
+    assert scores["models"] == [f"{m} · {d}" for m in ("base", "tuned") for d in ("plain", "grounded", "grounded+4")]
+    assert scores["n_samples"] == 1
     report = (out / "eval" / "report.html").read_text(encoding="utf-8")
     shown = _text(_cell_running(nb, "evaluate"))
     assert "<iframe srcdoc=" in shown and "kiwipiepy" in report  # the report is shown inline, not just written

@@ -248,11 +248,12 @@ def _generate_all(cfg, models: dict[str, str], samples: list[dict], plans: list,
             # Tokens of the abstracts kept (a best-of-N decoding also wrote N-1 that were dropped).
             tokens = sum(len(gen.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in preds[column])
             columns[column] = {"model": name, "model_ref": ref, "decoding": d.name,
-                               "base": getattr(gen.model, "writemypaper_base", None),
+                               "base": getattr(getattr(gen, "model", None), "writemypaper_base", None),
                                "description": describe(asdict(settings)), "settings": asdict(settings),
                                "seconds": seconds, "output_tokens": tokens,
                                "output_tokens_per_s": tokens / seconds if seconds > 0 else None}
-        losses[name] = reference_losses(gen.model, gen.tokenizer, samples, gen.instruction)
+        if hasattr(gen, "model"):  # a .gguf model runs in llama.cpp, which gives no torch model for the loss
+            losses[name] = reference_losses(gen.model, gen.tokenizer, samples, gen.instruction)
         del gen
         gc.collect()
     return preds, columns, losses
@@ -285,7 +286,7 @@ def evaluate(cfg, out: str, models: dict[str, str] | None = None, data: str | No
     scores = metrics.score(samples, preds, n_resamples=n_resamples, seed=cfg.seed)
     if losses:
         for column, info in columns.items():
-            for row, (total, n) in zip(scores["samples"], losses[info["model"]]):
+            for row, (total, n) in zip(scores["samples"], losses.get(info["model"], [])):
                 row["outputs"][column].update(loss=total / n if n else 0.0, loss_tokens=n)
         metrics.summarise(scores, n_resamples=n_resamples, seed=cfg.seed)
     scores["columns"] = columns

@@ -21,8 +21,9 @@ sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
 from writemypaper.models import load_tokenizer  # noqa: E402
 from writemypaper.serve import Limits, create_app, serving  # noqa: E402
 
-SUMMARY = "본 연구는 한ㆍ중ㆍ일 대학생 1,200명의 정치 태도를 비교하였다. 권위주의적 태도가 줄었으나 속도에 차이가 있었다."
-# "1999년" and "87%" appear nowhere in the summary: the check must mark them.
+SUMMARY = "본 연구는 한ㆍ중ㆍ일 세 나라 대학생 1,200명의 정치 태도를 비교하였다. 권위주의적 태도가 줄었으나 속도에 차이가 있었다."
+# "1999년" and "87%" appear nowhere in the summary: the check must mark them. (It counts Korean numerals too, so the
+# summary holds the abstract's "세 나라".)
 ABSTRACT = ("본 연구는 1999년부터 한ㆍ중ㆍ일 세 나라 대학생 1,200명의 정치 태도를 설문으로 비교하였다. 응답률은 87%였다. "
             "분석 결과 세 나라 모두 권위주의적 태도가 줄었으나 그 속도에는 뚜렷한 차이가 있었다.")
 SCREENSHOT = Path("/tmp/writemypaper-serve-page.png")

@@ -182,6 +182,8 @@ CPU_ONLY = {"accelerate-fsdp.yaml": [],
 
 @pytest.mark.parametrize("config", sorted(CPU_ONLY))
 def test_fsdp_config_shards_lora_on_gloo(config, tiny_gemma2_dir, tmp_path):
+    # The worker prepares PEFT for FSDP as the Trainer does, through transformers' own helper (absent in 5.0.0)
+    pytest.importorskip("transformers.distributed.fsdp", reason="this transformers has no FSDP helper for PEFT")
     # ACCELERATE_TORCH_DEVICE: FSDP1 refuses accelerate's per-rank "cpu:N" devices (its compute device is "cpu")
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "ACCELERATE_TORCH_DEVICE": "cpu",
            "TOKENIZERS_PARALLELISM": "false"}

@@ -137,7 +137,7 @@ def test_modelfile_carries_the_training_prompt():
     lines = text.splitlines()
     assert "FROM ./run-q8_0.gguf" in lines
     assert 'PARAMETER stop "<end_of_turn>"' in lines
-    assert "PARAMETER temperature 0.7" in lines and "PARAMETER repeat_penalty 1.15" in lines
+    assert "PARAMETER temperature 0.7" in lines and "PARAMETER repeat_penalty 1.0" in lines  # Ollama's covers the prompt
     template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
     # Ollama puts the user's message in .Prompt and adds <bos> itself: with the summary as the message, the template
     # is the training prompt after <bos>, byte for byte.

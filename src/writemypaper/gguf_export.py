@@ -347,7 +347,9 @@ def modelfile(gguf_name: str, instruction: str | None, settings=None) -> str:
         f"PARAMETER temperature {s.temperature}",
         f"PARAMETER top_p {s.top_p}",
         f"PARAMETER top_k {s.top_k}",
-        f"PARAMETER repeat_penalty {s.repetition_penalty}",
+        # Ollama's repeat penalty looks back over the prompt too, so it would punish copying the summary's figures
+        # and terms, which is this model's job; ours covers generated tokens only, which Ollama cannot express.
+        "PARAMETER repeat_penalty 1.0",
         f"PARAMETER num_predict {s.max_new_tokens}",
         "PARAMETER num_ctx 2048",
         "",

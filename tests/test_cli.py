@@ -7,6 +7,7 @@ import time
 import pytest
 
 from writemypaper.cli import main
+from writemypaper.errors import UserError
 
 VERBS = ["prepare", "train", "generate", "evaluate", "serve", "export", "demo"]
 
@@ -26,6 +27,57 @@ def test_each_verb_has_help(verb, capsys):
         main([verb, "--help"])
     assert e.value.code == 0
     assert "usage: writemypaper " + verb in capsys.readouterr().out
+
+
+def _help_entries(text: str) -> list[str]:
+    """Each option's or positional's entry in a --help, its wrapped lines joined."""
+    entries: list[str] = []
+    listing = False
+    for line in text.splitlines():
+        if line.endswith(":") and not line.startswith(" "):
+            listing = line in ("options:", "positional arguments:")
+        elif listing and line.startswith("  ") and line.strip():
+            if line.startswith("   ") and entries:
+                entries[-1] += " " + line.strip()
+            else:
+                entries.append(line.strip())
+    return [" ".join(e.split()) for e in entries]
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_each_default_is_printed_once_and_only_when_there_is_one(verb, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")  # wrapping must not hide a repeated default either
+    with pytest.raises(SystemExit):
+        main([verb, "--help"])
+    entries = _help_entries(capsys.readouterr().out)
+    assert any(e.startswith("-h, --help") for e in entries), entries
+    for entry in entries:
+        assert entry.count("(default:") <= 1, entry
+        for noise in ("(default: None)", "(default: False)", "(default: [])", "(default: ==SUPPRESS==)"):
+            assert noise not in entry, entry
+    # options with a real default say it
+    if verb == "prepare":
+        assert any(e.startswith("--seed SEED") and e.endswith("(default: 42)") for e in entries), entries
+
+
+@pytest.mark.parametrize("verb, kind", [("train", "train"), ("generate", "generate"), ("evaluate", "evaluate")])
+def test_config_offers_and_accepts_only_presets_of_the_verbs_kind(verb, kind, capsys, tmp_path):
+    from writemypaper import config
+
+    presets = config.available_presets(kind)
+    assert presets and not set(presets) & {"accelerate-ddp", "accelerate-cpu", "accelerate-fsdp"}
+    with pytest.raises(SystemExit):
+        main([verb, "--help"])
+    entry = next(e for e in _help_entries(capsys.readouterr().out) if e.startswith("--config"))
+    offered = entry.split("(", 1)[1].split(")", 1)[0].split(", ")
+    assert offered == presets, entry
+    others = [p for p in config.available_presets() if p not in presets]
+    assert {"accelerate-ddp", "cpu-demo" if kind != "train" else "generate"} <= set(others)
+    for other in others:
+        with pytest.raises(UserError, match=f"'{other}' is not a {kind} preset"):
+            config.load_config(other, kind=kind)
+    with pytest.raises(UserError, match="accelerate config, for `accelerate launch --config_file"):
+        config.load_config("accelerate-ddp", kind=kind)
 
 
 def _one_line_error(args, tmp_path):

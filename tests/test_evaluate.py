@@ -4,7 +4,7 @@ model and decoding with a tiny random Gemma 2."""
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import pytest
 
@@ -58,6 +58,18 @@ def test_evaluation_is_greedy_by_default_and_sampling_is_seeded():
     assert describe(vars(hot)).startswith("sampled (temperature 1.0, top-p 0.9, top-k 50, seed 0)")
     with pytest.raises(UserError, match="unknown generation setting"):
         decoding_settings(plain, Decoding("x", overrides={"beams": 4}))
+
+
+def test_the_evaluate_preset_sets_only_what_evaluation_decides():
+    """Greedy and a pinned seed; every other generation key is GenerationSettings' default, as in `generate`."""
+    from writemypaper.generate import settings_from_config
+
+    cfg = config.load_config("evaluate", kind="evaluate")
+    assert config.to_dict(cfg.generation) == {"do_sample": False, "seed": 0}
+    assert settings_from_config(cfg) == replace(GenerationSettings(), do_sample=False, seed=0)
+    # A key the preset leaves out is still one that can be set.
+    cfg = config.load_config("evaluate", ["generation.max_new_tokens=6"], kind="evaluate")
+    assert settings_from_config(cfg).max_new_tokens == 6
 
 
 def test_grounded_and_candidates_reach_the_generator_or_are_refused():
@@ -163,3 +175,43 @@ def test_each_model_generates_once_per_decoding(tiny_gemma2_dir, short_prepared,
         r["outputs"]["tiny · plain"]["prediction"] for r in scores["samples"]]
     page = (tmp_path / "e" / "report.html").read_text(encoding="utf-8")
     assert "<td>tiny · hot</td>" in page and "greedy, numbers unconstrained" in page
+
+
+def test_generate_output_is_scored_as_it_is_written(short_prepared, tiny_gemma2_dir, tmp_path, capsys):
+    """`generate --split test --out FILE` then `evaluate --predictions FILE`: the abstract is `generated` there."""
+    preds = tmp_path / "preds.jsonl"
+    assert main(["generate", "--data", str(short_prepared), "--split", "test", "--model", str(tiny_gemma2_dir),
+                 "--out", str(preds), "--limit", "2", "generation.max_new_tokens=4"]) == 0
+    rows = [json.loads(line) for line in preds.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 2 and all("generated" in r and "prediction" not in r for r in rows)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--predictions", f"tiny={preds}", "--out", str(out), "bootstrap=100"]) == 0
+    scores = json.loads((out / "scores.json").read_text(encoding="utf-8"))
+    assert [s["doc_id"] for s in scores["samples"]] == [r["doc_id"] for r in rows]
+    written = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [w["prediction"] for w in written] == [r["generated"] for r in rows]
+    _write(tmp_path / "none.jsonl", [{"summary": SUMMARY, "reference": REFERENCE}])
+    with pytest.raises(UserError, match=r"none.jsonl:1: missing or non-text field\(s\): prediction \(or generated"):
+        read_predictions(tmp_path / "none.jsonl")
+
+
+def test_reference_losses_in_batches_equal_the_models_own_loss(tiny_gemma2_dir, embedded_tokenizer):
+    """The reference loss, batched and right-padded with the LM head in chunks, against transformers' own loss of
+    each sample alone (its mean over the labelled tokens, times their count): rows of different lengths, a batch
+    that does not divide them evenly, and a chunk smaller than a row."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from writemypaper import prompts
+    from writemypaper.evaluate import reference_losses
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gemma2_dir).eval()
+    samples = [{"summary": SUMMARY[: 12 + 9 * i], "reference": REFERENCE[: 20 + 13 * i]} for i in range(5)]
+    got = reference_losses(model, embedded_tokenizer, samples, batch_size=2, chunk=7)
+    for s, (total, count) in zip(samples, got, strict=True):
+        ex = prompts.encode_example(embedded_tokenizer, s["summary"], s["reference"], None)
+        with torch.no_grad():
+            own = model(input_ids=torch.tensor([ex["input_ids"]]), labels=torch.tensor([ex["labels"]])).loss.item()
+        assert count == sum(x != -100 for x in ex["labels"][1:]) > 0
+        assert total / count == pytest.approx(own, rel=1e-4)
+    assert len({n for _, n in got}) > 1  # the rows really differ in length

@@ -92,3 +92,15 @@ def test_export_refusals(tiny_run, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["export", str(tiny_run), "--out", str(tmp_path / "x"), "--gguf", "q5_k"])
     assert not (tmp_path / "x").exists()
+
+
+def test_the_card_decodes_with_the_generation_defaults(tmp_path):
+    """The card's snippet takes its numbers from GenerationSettings, not a copy of them."""
+    from writemypaper.export import _card
+    from writemypaper.generate import GenerationSettings
+
+    g = GenerationSettings()
+    card = _card(tmp_path, "gemma3-270m", None, None)
+    assert f"RepetitionPenaltyLogitsProcessor({g.repetition_penalty}, " in card
+    assert (f"max_new_tokens={g.max_new_tokens}, do_sample=True, temperature={g.temperature}, top_p={g.top_p}, "
+            f"top_k={g.top_k}") in card

@@ -5,8 +5,10 @@ candidates are sampled in one batched call and ranked by the fact check.
 """
 
 import json
+from dataclasses import asdict, replace
 
 import pytest
+from omegaconf import OmegaConf
 
 from writemypaper.errors import UserError
 from writemypaper.generate import GenerationSettings, Generator, LogprobRecorder, logits_processors, rank
@@ -101,6 +103,24 @@ def test_bad_settings_are_one_line_errors(bad, message):
         GenerationSettings(**bad).validate()
 
 
+def test_the_generate_preset_restates_no_default():
+    """GenerationSettings is the one source of the defaults: the preset's generation section is empty and resolves to
+    them; a key set on the command line changes that key alone, and a misspelt one is refused by name."""
+    from writemypaper import config
+    from writemypaper.generate import settings_from_config
+
+    cfg = config.load_config("generate", kind="generate")
+    assert config.to_dict(cfg.generation) == {}
+    assert settings_from_config(cfg) == GenerationSettings()
+    assert config.to_dict(cfg.generation) == asdict(GenerationSettings())  # what is saved next to the output
+    cfg = config.load_config("generate", ["generation.temperature=0.3"], kind="generate")
+    assert settings_from_config(cfg) == replace(GenerationSettings(), temperature=0.3)
+    with pytest.raises(UserError, match="unknown config key 'generation.temprature'.*temperature"):
+        config.load_config("generate", ["generation.temprature=0.3"], kind="generate")
+    with pytest.raises(UserError, match="unknown generation setting.*temprature"):  # a config built in code, too
+        settings_from_config(OmegaConf.create({"generation": {"temprature": 0.3}}))
+
+
 def test_rows_per_summary():
     assert GenerationSettings(candidates=4).rows_per_summary == 4
     assert GenerationSettings(num_return_sequences=3).rows_per_summary == 3
@@ -164,6 +184,8 @@ def test_candidates_come_from_one_batched_call_and_are_ranked(tiny, monkeypatch)
 
 
 def test_generate_cli_writes_candidates_and_settings(tiny_gemma2_dir, tmp_path, capsys):
+    import yaml
+
     from writemypaper.cli import main
 
     inputs = tmp_path / "in.txt"
@@ -176,6 +198,9 @@ def test_generate_cli_writes_candidates_and_settings(tiny_gemma2_dir, tmp_path, 
     assert row["settings"]["do_sample"] is True and "repetition_penalty" in row["settings"]
     assert len(row["candidates"]) == 2 and row["generated"] == row["candidates"][0]["text"]
     assert {"text", "unsupported", "coverage", "mean_logprob"} <= set(row["candidates"][0])
+    # The config saved beside the output holds every setting used, the defaults the preset left out included.
+    saved = yaml.safe_load(out.with_suffix(".config.yaml").read_text(encoding="utf-8"))["generation"]
+    assert saved == {k: v for k, v in row["settings"].items() if k != "model"}
 
 
 def test_generate_cli_rejects_candidates_with_greedy(tiny_gemma2_dir, capsys):

@@ -3,6 +3,10 @@ computes (tiny random Gemma 2 and Gemma 3 here, with a 512-piece slice of the re
 is quick), and the file must follow llama.cpp's conventions (tensor names, +1 on norms, no tied head, metadata).
 The embedded model and llama.cpp itself are in test_gguf_llamacpp.py (slow)."""
 
+import shutil
+import subprocess
+import sys
+
 import pytest
 
 from writemypaper import gguf_export, prompts
@@ -170,3 +174,12 @@ def test_sentencepiece_vocabulary_as_llamacpp_writes_it(embedded_tokenizer, tmp_
     got = gguf_export.sentencepiece_vocab(embedded_tokenizer, tmp_path / "tokenizer.model")
     assert got.tokens == ref.tokens and got.types == ref.types and got.scores == ref.scores
 
+
+
+@pytest.mark.skipif(not shutil.which("taskset"), reason="needs taskset (util-linux)")
+def test_llamacpp_threads_follow_the_cores_the_process_may_use():
+    """Under `taskset -c 0` (or a container's CPU share) llama.cpp gets one thread, not one per core of the machine:
+    more threads than usable cores make every token wait for a descheduled thread."""
+    code = "from writemypaper.llamacpp import usable_cores; print(usable_cores())"
+    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"

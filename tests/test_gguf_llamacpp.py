@@ -229,3 +229,27 @@ def test_evaluate_scores_a_gguf_model_through_llamacpp(tmp_path, short_prepared)
     assert all(scores["samples"][i]["outputs"]["q4 · grounded"]["prediction"] for i in range(2))
     assert scores["aggregate"]["q4 · plain"].get("loss") is None
     assert (out / "report.html").is_file()
+
+
+def test_serve_answers_from_a_gguf_model_through_llamacpp():
+    """`serve --model FILE.gguf`: the server's generator is llama.cpp's, and the official `openai` client gets a
+    streamed and a plain chat completion from it, grounded by default, with the usage counted."""
+    pytest.importorskip("llama_cpp")
+    openai = pytest.importorskip("openai")
+    from writemypaper.generate import Generator
+    from writemypaper.grounding import Grounding
+    from writemypaper.llamacpp import LlamaCppGenerator
+    from writemypaper.serve import Limits, create_app, serving
+
+    gen = Generator.load(str(gguf_export.embedded_gguf_path()))
+    assert isinstance(gen, LlamaCppGenerator)
+    with serving(create_app(gen, Limits(max_new_tokens=32), model_name="q4")) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=300)
+        messages = [{"role": "user", "content": SUMMARIES[1]}]
+        done = client.chat.completions.create(model="q4", messages=messages, max_tokens=24, temperature=0)
+        text = done.choices[0].message.content
+        assert text and done.usage.completion_tokens > 0
+        assert Grounding(gen.number_table, SUMMARIES[1]).allows(text), text
+        parts = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="q4", messages=messages, max_tokens=24, temperature=0, stream=True) if c.choices]
+        assert "".join(parts).strip() == text.strip()

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from writemypaper import models
+from writemypaper import models, policy, weights
 from writemypaper.errors import UserError
 
 
@@ -14,10 +14,10 @@ def test_gemma2_gets_an_attention_that_keeps_softcapping(tiny_gemma2_dir):
     from transformers import AutoConfig
 
     cfg = AutoConfig.from_pretrained(tiny_gemma2_dir)
-    assert models.resolve_attention("auto", cfg) == "eager"
-    assert models.resolve_attention("flex_attention", cfg) == "flex_attention"
+    assert policy.resolve_attention("auto", cfg) == "eager"
+    assert policy.resolve_attention("flex_attention", cfg) == "flex_attention"
     with pytest.raises(UserError, match="softcapping"):
-        models.resolve_attention("sdpa", cfg)
+        policy.resolve_attention("sdpa", cfg)
     model = models.load_model(str(tiny_gemma2_dir))
     assert model.config._attn_implementation == "eager"
 
@@ -42,13 +42,13 @@ def test_dropping_the_softcap_changes_gemma2_outputs(tiny_gemma2_dir):
 
 
 def test_precision_on_cpu():
-    assert models.resolve_dtype("auto", "gemma2") == torch.float32
-    assert models.resolve_dtype("fp32", "gemma3_text") == torch.float32
+    assert policy.resolve_dtype("auto", "gemma2") == torch.float32
+    assert policy.resolve_dtype("fp32", "gemma3_text") == torch.float32
     # Gemma 3 overflows in fp16: asked for, it gets bf16 on a GPU that has it, fp32 here.
-    assert models.resolve_dtype("fp16", "gemma3_text") != torch.float16
-    assert models.resolve_dtype("fp16", "gemma2") == torch.float16
+    assert policy.resolve_dtype("fp16", "gemma3_text") != torch.float16
+    assert policy.resolve_dtype("fp16", "gemma2") == torch.float16
     with pytest.raises(UserError):
-        models.resolve_dtype("int3", "gemma2")
+        policy.resolve_dtype("int3", "gemma2")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
@@ -73,31 +73,31 @@ def test_hub_id_without_network_is_one_line(tmp_path):
 
 def test_hub_errors_are_translated():
     with pytest.raises(UserError, match="no network"):
-        with models.hub_errors("google/gemma-2-2b-it"):
+        with weights.hub_errors("google/gemma-2-2b-it"):
             raise OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them "
                           "in the cached files.")
     with pytest.raises(UserError, match="gated"):
-        with models.hub_errors("google/gemma-2-2b-it"):
+        with weights.hub_errors("google/gemma-2-2b-it"):
             raise OSError("You are trying to access a gated repo. Make sure to have access to it. 401 Client Error.")
     with pytest.raises(UserError, match="neither a local directory"):
-        with models.hub_errors("nobody/nothing"):
+        with weights.hub_errors("nobody/nothing"):
             raise OSError("nobody/nothing is not a local folder and is not a valid model identifier listed on "
                           "'https://huggingface.co/models'")
 
 
 def test_resolve_model(tmp_path, tiny_gemma2_dir):
-    assert models.resolve_model(str(tiny_gemma2_dir)) == str(tiny_gemma2_dir)
-    assert models.resolve_model("google/gemma-2-2b-it") == "google/gemma-2-2b-it"
+    assert weights.resolve_model(str(tiny_gemma2_dir)) == str(tiny_gemma2_dir)
+    assert weights.resolve_model("google/gemma-2-2b-it") == "google/gemma-2-2b-it"
     with pytest.raises(UserError, match="no config.json"):
-        models.resolve_model(str(tmp_path))
+        weights.resolve_model(str(tmp_path))
     with pytest.raises(UserError, match="no such directory"):
-        models.resolve_model("./missing-model")
+        weights.resolve_model("./missing-model")
 
 
 def test_embedded_model_is_a_plain_safetensors_directory():
-    path = models.embedded_model_dir()
+    path = weights.embedded_model_dir()
     assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
-    assert models.resolve_model("gemma3-270m") == str(path)
+    assert weights.resolve_model("gemma3-270m") == str(path)
 
 
 def test_untrained_end_of_turn_is_mended(embedded_tokenizer):
@@ -105,7 +105,7 @@ def test_untrained_end_of_turn_is_mended(embedded_tokenizer):
     can never make it the likeliest token; loading gives it eos's row. A trained row is left alone."""
     from transformers import AutoModelForCausalLM
 
-    path = models.embedded_model_dir()
+    path = weights.embedded_model_dir()
     raw = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     assert models.end_of_turn_untrained(raw, embedded_tokenizer)
     fixed = models.load_model("gemma3-270m", tokenizer=embedded_tokenizer)

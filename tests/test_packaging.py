@@ -129,3 +129,10 @@ def test_sdist_and_wheel_carry_the_data(tmp_path):
         rel = p.relative_to(PKG).as_posix()
         assert f"src/writemypaper/{rel}" in snames, f"sdist lacks {rel}"
         assert f"writemypaper/{rel}" in wnames, f"wheel lacks {rel}"
+    # Subpackages (writemypaper.serve) are found by [tool.setuptools.packages.find]: every module must get in.
+    modules = [rel for rel in tracked.decode().split("\0")
+               if rel.startswith("src/writemypaper/") and rel.endswith(".py")]
+    assert "src/writemypaper/serve/__init__.py" in modules
+    for rel in modules:
+        assert rel in snames, f"sdist lacks {rel}"
+        assert rel.removeprefix("src/") in wnames, f"wheel lacks {rel}"

@@ -6,7 +6,7 @@ import types
 import pytest
 import torch
 
-from writemypaper import models
+from writemypaper import policy
 from writemypaper.errors import UserError
 
 # name, compute capability, shared memory per block (opt-in) in bytes, as the real boards report them
@@ -55,7 +55,7 @@ def gemma3():
 ])
 def test_auto_follows_the_compute_capability(fake_gpu, gemma2, board, precision, compiled, notes):
     fake_gpu(board)
-    p = models.resolve_policy("auto", "auto", "auto", config=gemma2)
+    p = policy.resolve_policy("auto", "auto", "auto", config=gemma2)
     assert (p.precision, p.attn_implementation, p.compile_layers) == (precision, "eager", compiled)
     assert p.capability == board[1] and p.device == board[0]
     assert p.dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
@@ -64,7 +64,7 @@ def test_auto_follows_the_compute_capability(fake_gpu, gemma2, board, precision,
 
 def test_a_t4_says_what_it_chose_and_why(fake_gpu, gemma2, capsys):
     fake_gpu(T4)
-    p = models.resolve_policy("auto", "auto", "auto", config=gemma2)
+    p = policy.resolve_policy("auto", "auto", "auto", config=gemma2)
     p.announce()
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2
@@ -74,64 +74,64 @@ def test_a_t4_says_what_it_chose_and_why(fake_gpu, gemma2, capsys):
 
 def test_gemma3_never_gets_fp16(fake_gpu, gemma3):
     fake_gpu(T4)
-    p = models.resolve_policy("auto", "auto", "auto", config=gemma3)
+    p = policy.resolve_policy("auto", "auto", "auto", config=gemma3)
     assert (p.precision, p.attn_implementation) == ("fp32", "sdpa")
     assert any("Gemma 3 overflows in fp16" in n for n in p.notes)
-    assert models.resolve_policy("fp16", config=gemma3).precision == "fp32"
+    assert policy.resolve_policy("fp16", config=gemma3).precision == "fp32"
     fake_gpu(L4)
-    assert models.resolve_policy("auto", config=gemma3).precision == "bf16"
-    p = models.resolve_policy("fp16", config=gemma3)
+    assert policy.resolve_policy("auto", config=gemma3).precision == "bf16"
+    p = policy.resolve_policy("fp16", config=gemma3)
     assert p.precision == "bf16" and p.notes[0].startswith("warning: Gemma 3 overflows in fp16; using bf16")
 
 
 def test_explicit_settings_are_respected_with_a_warning(fake_gpu, gemma2):
     fake_gpu(T4)
-    p = models.resolve_policy("bf16", "eager", True, config=gemma2)
+    p = policy.resolve_policy("bf16", "eager", True, config=gemma2)
     assert (p.precision, p.compile_layers) == ("bf16", True)
     assert [n.split(":")[0] for n in p.notes] == ["warning", "warning"]
     assert "emulated" in p.notes[0] and "compile_layers=auto" in p.notes[1]
-    p = models.resolve_policy("fp16", "eager", False, config=gemma2)
+    p = policy.resolve_policy("fp16", "eager", False, config=gemma2)
     assert (p.precision, p.compile_layers, p.notes) == ("fp16", False, ())
 
 
 def test_flex_attention_below_sm80_is_refused_in_one_line(fake_gpu, gemma2):
     fake_gpu(T4)
     with pytest.raises(UserError, match="flex_attention needs a GPU of compute capability 8.0") as e:
-        models.resolve_policy("auto", "flex_attention", True, config=gemma2)
+        policy.resolve_policy("auto", "flex_attention", True, config=gemma2)
     assert "gpu-16gb" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_flex_attention_warns_where_its_backward_kernel_may_not_fit(fake_gpu, gemma2):
     fake_gpu(L4)
-    p = models.resolve_policy("auto", "flex_attention", True, config=gemma2)
+    p = policy.resolve_policy("auto", "flex_attention", True, config=gemma2)
     assert p.attn_implementation == "flex_attention"
     assert len(p.notes) == 1 and "shared memory" in p.notes[0] and "head_dim 256" in p.notes[0]
     for board in (A100, H200):
         fake_gpu(board)
-        assert models.resolve_policy("auto", "flex_attention", True, config=gemma2).notes == ()
+        assert policy.resolve_policy("auto", "flex_attention", True, config=gemma2).notes == ()
 
 
 def test_no_bf16_at_all_is_an_error(fake_gpu, gemma2):
     fake_gpu(("Tesla P100-PCIE-16GB", (6, 0), 49152), bf16_anywhere=False)
     with pytest.raises(UserError, match="has no bf16"):
-        models.resolve_policy("bf16", config=gemma2)
-    assert models.resolve_policy("auto", config=gemma2).precision == "fp16"
+        policy.resolve_policy("bf16", config=gemma2)
+    assert policy.resolve_policy("auto", config=gemma2).precision == "fp16"
 
 
 def test_cpu(gemma2, gemma3, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    p = models.resolve_policy("auto", "auto", "auto", config=gemma2)
+    p = policy.resolve_policy("auto", "auto", "auto", config=gemma2)
     assert (p.precision, p.attn_implementation, p.compile_layers, p.capability, p.notes) == \
         ("fp32", "eager", False, None, ())
-    assert models.resolve_policy("auto", "auto", True, config=gemma3).compile_layers is True  # asked for: compiled
-    assert models.resolve_policy("bf16", config=gemma3).precision == "bf16"
+    assert policy.resolve_policy("auto", "auto", True, config=gemma3).compile_layers is True  # asked for: compiled
+    assert policy.resolve_policy("bf16", config=gemma3).precision == "bf16"
     with pytest.raises(UserError, match="compile_layers=maybe"):
-        models.resolve_policy("auto", "auto", "maybe", config=gemma2)
+        policy.resolve_policy("auto", "auto", "maybe", config=gemma2)
 
 
 def test_only_the_main_process_announces(fake_gpu, gemma2, capsys, monkeypatch):
     fake_gpu(T4)
-    p = models.resolve_policy("auto", "auto", "auto", config=gemma2)
+    p = policy.resolve_policy("auto", "auto", "auto", config=gemma2)
     monkeypatch.setenv("RANK", "1")
     p.announce()
     assert capsys.readouterr().err == ""

@@ -267,8 +267,9 @@ def _zip_without_json(p):
 BAD_INPUTS = {
     "truncated": ("t.json", '[{"data": [{"doc_id": "가", "title": "제목"', ["truncated JSON", "ends at line 1, column 41"]),
     "malformed": ("m.json", '[\n  {"data": [}\n]', ["malformed JSON at line 2, column 13"]),
-    "malformed_jsonl": ("m.jsonl", '{"doc_id": "a"}\n{"doc_id": \n', ["malformed JSON at line 2, column 12"]),
+    "malformed_jsonl": ("m.jsonl", '{"doc_id": "a"}\n{"doc_id": \n', ["m.jsonl:2: malformed JSON at column 12"]),
     "not_utf8": ("k.json", '[{"data": [{"doc_id": "가나다"}]}]'.encode("cp949"), ["not UTF-8", "CP949"]),
+    "not_utf8_jsonl": ("k.jsonl", '{"doc_id": "a"}\n{"doc_id": "가나다"}\n'.encode("cp949"), ["k.jsonl:2: not UTF-8", "CP949"]),
     "empty_file": ("e.json", "", ["empty file"]),
     "not_a_corpus": ("n.json", '{"model": "gemma"}', ["not a corpus file"]),
     "zip_without_json": ("z.zip", _zip_without_json, ["holds no .json or .jsonl"]),

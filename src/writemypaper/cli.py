@@ -2,6 +2,10 @@
 
     writemypaper --help
     writemypaper prepare --input data/sample --out prepared
+
+Each verb is a pair read together: `add_<verb>_arguments` declares its options, and `cmd_<verb>` passes them on to
+the verb's module, imported only when the verb runs so that `--help` stays fast. The first line of `cmd_<verb>`'s
+docstring is the verb's line in `writemypaper --help`; the rest is its `writemypaper <verb> --help` description.
 """
 
 from __future__ import annotations
@@ -9,15 +13,36 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import textwrap
 
 from writemypaper import __version__
 from writemypaper.errors import UserError
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+PRECISIONS = ["auto", "bf16", "fp16", "fp32"]
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default said once: appended where its help does not say it already, and left out where there is
+    none to say (an option that is off, or that falls back to the preset, says so in its help)."""
+
+    def _get_help_string(self, action):
+        text, default = action.help or "", action.default
+        if "(default" in text or action.required or default is None or default is False or default == [] \
+                or default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+    def _fill_text(self, text, width, indent):
+        """Paragraphs wrap to the terminal; an indented block (the examples) is kept as written."""
+        out = []
+        for para in text.split("\n\n"):
+            lines = para.splitlines()
+            if any(line.startswith(" ") for line in lines):
+                out.append("\n".join(indent + line for line in lines))
+            else:
+                out.append(textwrap.fill(" ".join(lines), width, initial_indent=indent, subsequent_indent=indent))
+        return "\n\n".join(out)
 
 
 def _fraction(text: str) -> float:
@@ -47,24 +72,47 @@ def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
     return overrides, rest
 
 
+def _config_option(p: argparse.ArgumentParser, kind: str, default: str) -> None:
+    """--config: a preset of this verb's kind (accelerate's launcher configs and other verbs' presets are refused by
+    config.preset_path) or a YAML file."""
+    from writemypaper.config import available_presets  # cheap: yaml only
+
+    p.add_argument("--config", default=default, metavar="PRESET|FILE",
+                   help=f"{kind} preset ({', '.join(available_presets(kind))}) or a YAML file")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
-# verbs: each parses nothing itself and imports its module only when run, so `--help` stays fast
+# prepare
 
 
-def _cmd_prepare(a: argparse.Namespace) -> int:
+def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH", help=".json, .jsonl, .zip files or directories")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
+    p.add_argument("--granularity", choices=["entire", "section", "both"], default="entire",
+                   help="pairs from summary_entire, summary_section, or both")
+    p.add_argument("--val-fraction", type=_fraction, default=0.1, help="share of documents for validation")
+    p.add_argument("--test-fraction", type=_fraction, default=0.1, help="share of documents for test")
+    p.add_argument("--seed", type=int, default=42, help="seed of the split")
+    p.add_argument("--min-chars", type=int, default=10, help="skip pairs whose summary is shorter than this")
+    p.add_argument("--max-chars", type=_positive_int, default=4000, help="skip pairs whose original is longer than this")
+    p.add_argument("--strict", action="store_true", help="exit non-zero if any record was skipped")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_prepare(a: argparse.Namespace) -> int:
+    """read the 논문자료 요약 corpus (json, jsonl, directories, zips), check it and split it
+
+    Read the AIHub 논문자료 요약 corpus in any layout it ships in, normalise and check every summary/original pair, and
+    write train/validation/test splits (by document, stratified by field) plus stats.json.
+
+    example:
+      writemypaper prepare --input data/sample --out prepared
+    """
     from writemypaper import data
 
-    stats = data.prepare(
-        inputs=a.input,
-        out=a.out,
-        granularity=a.granularity,
-        val_fraction=a.val_fraction,
-        test_fraction=a.test_fraction,
-        seed=a.seed,
-        min_chars=a.min_chars,
-        max_chars=a.max_chars,
-        progress=not a.quiet,
-    )
+    stats = data.prepare(inputs=a.input, out=a.out, granularity=a.granularity, val_fraction=a.val_fraction,
+                         test_fraction=a.test_fraction, seed=a.seed, min_chars=a.min_chars, max_chars=a.max_chars,
+                         progress=not a.quiet)
     data.print_stats(stats, a.out)
     skipped = sum(stats["skipped"].values())
     if a.strict and skipped:
@@ -73,7 +121,37 @@ def _cmd_prepare(a: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(a: argparse.Namespace) -> int:
+# ---------------------------------------------------------------------------------------------------------------------
+# train
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    _config_option(p, "train", "cpu-demo")
+    p.add_argument("--data", required=True, metavar="DIR", help="a directory written by `writemypaper prepare`")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="where the adapter, logs and metrics go")
+    p.add_argument("--model", default=None,
+                   help="Hub id, local directory or 'gemma3-270m' (default: the preset's model)")
+    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in RUN_DIR")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything, print the resolved config, trainable parameters and dataset sizes, then "
+                        "exit")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    """LoRA/QLoRA fine-tuning with TRL's SFTTrainer, from a preset in configs/
+
+    Fine-tune a Gemma chat model on prepared splits with LoRA (or QLoRA in 4-bit on a GPU), evaluating the validation
+    loss as it goes, with early stopping, resumable checkpoints, TensorBoard logs and a loss-curve PNG.
+
+    Override any preset key with KEY=VALUE, e.g. training.learning_rate=1e-4 lora.r=16 training.max_steps=100. Every
+    key, type and range is checked before anything loads, and every problem is reported at once.
+
+    examples:
+      writemypaper train --config cpu-demo --data prepared --out runs/demo
+      writemypaper train --config seed --data prepared --out runs/seed --model google/gemma-2-2b-it
+      accelerate launch -m writemypaper train --config fast --data prepared --out runs/fast
+    """
     from writemypaper import config, train
 
     cfg = config.load_config(a.config, a.overrides, kind="train")
@@ -86,7 +164,58 @@ def _cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_generate(a: argparse.Namespace) -> int:
+# ---------------------------------------------------------------------------------------------------------------------
+# generate
+
+
+def add_generate_arguments(p: argparse.ArgumentParser) -> None:
+    preset = "(default: the preset's)"
+    p.add_argument("args", nargs="*", metavar="SUMMARY|KEY=VALUE", help="a summary, and/or config overrides")
+    p.add_argument("--model", default=None, help=f"base model, training run or export {preset}")
+    _config_option(p, "generate", "generate")
+    p.add_argument("--input", default=None, metavar="FILE", help=".txt (a summary a line), .jsonl or .csv with 'summary'")
+    p.add_argument("--data", default=None, metavar="DIR", help="prepared directory, with --split")
+    p.add_argument("--split", default=None, choices=["train", "validation", "test"], help="generate for a split")
+    p.add_argument("--out", default=None, metavar="FILE.jsonl", help="write JSONL here (default: stdout)")
+    p.add_argument("--limit", type=_positive_int, default=None, help="only the first N inputs")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help=f"summaries decoded together {preset}")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=None, help=f"longest abstract, in tokens {preset}")
+    p.add_argument("--temperature", type=float, default=None, help=f"sampling temperature {preset}")
+    p.add_argument("--top-p", type=float, default=None, help=f"nucleus sampling's share of probability {preset}")
+    p.add_argument("--top-k", type=int, default=None, help=f"sample among the k likeliest tokens {preset}")
+    p.add_argument("--repetition-penalty", type=float, default=None,
+                   help=f"on the generated tokens only, never the summary's {preset}")
+    p.add_argument("--num-return-sequences", type=_positive_int, default=None, help=f"abstracts per summary {preset}")
+    p.add_argument("--seed", type=int, default=None, help=f"makes sampled output reproducible {preset}")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding (no sampling)")
+    p.add_argument("--no-grounding", action="store_true",
+                   help="let the model write any number, not only the summary's (grounding is on by default)")
+    p.add_argument("--candidates", type=_positive_int, default=None, metavar="N",
+                   help=f"sample N abstracts per summary (1-16, needs sampling) and keep the best by the fact check "
+                        f"{preset}")
+    p.add_argument("--save-candidates", action="store_true",
+                   help="with --out: also write every candidate with its unsupported facts, coverage and mean "
+                        "log-probability")
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    """write abstracts from summaries: one streamed, or many in batches to JSONL
+
+    Write full abstracts from summaries with a base model, a training run or a merged export. One summary streams to
+    the terminal; --input or --split generate in batches with a progress bar.
+
+    Faithful by default: numbers are grounded (the model can write a number only if the summary holds it, in any
+    written form: 1,250 or 1250), and the repetition penalty covers the generated text only, so copying the summary's
+    figures and terms is not punished. --candidates N samples N abstracts per summary in one batched call and keeps
+    the one with the fewest unsupported facts, then the most coverage of the summary, then the highest mean
+    log-probability. Every JSONL row records the settings it was written with.
+
+    examples:
+      writemypaper generate "한ㆍ중ㆍ일 세 나라의 정치 태도를 비교하였다." --model runs/demo
+      writemypaper generate --input summaries.txt --model runs/demo --out abstracts.jsonl
+      writemypaper generate --data prepared --split test --model runs/demo --out test.jsonl
+      writemypaper generate --input summaries.txt --model runs/demo --candidates 4 --save-candidates --out c.jsonl
+    """
     from writemypaper import config, generate
 
     overrides, text = _split_overrides(a.args)
@@ -106,7 +235,37 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_evaluate(a: argparse.Namespace) -> int:
+# ---------------------------------------------------------------------------------------------------------------------
+# evaluate
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", nargs="+", default=None, metavar="NAME=MODEL", help="models to compare")
+    p.add_argument("--data", default=None, metavar="DIR", help="prepared directory (its test split is used)")
+    p.add_argument("--predictions", nargs="+", default=None, metavar="[NAME=]FILE.jsonl",
+                   help="score existing outputs: JSONL with summary, reference and prediction (or `generated`, as "
+                        "`generate --split test --out FILE` writes it)")
+    p.add_argument("--out", required=True, metavar="DIR", help="scores.json and report.html go here")
+    p.add_argument("-n", type=_positive_int, default=None, help="number of test pairs (default: the preset's n_samples)")
+    p.add_argument("--decodings", nargs="+", default=None, metavar="DECODING",
+                   help="plain, grounded, plain+N or grounded+N (best of N) (default: the preset's decodings)")
+    _config_option(p, "evaluate", "evaluate")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    """score models (or existing outputs): Korean-morpheme ROUGE, fact check, loss; HTML report
+
+    Generate abstracts for N test pairs with each model under each decoding (plain, grounded, best of N) and score
+    them: ROUGE-1/2/L over Kiwi morphemes and character ROUGE-L, unsupported facts (numbers with their units, years,
+    terms the summary lacks) per sample and pooled, coverage, length ratio, and loss/perplexity on the references,
+    with paired bootstrap 95% intervals. Writes scores.json, predictions.jsonl and a self-contained report.html.
+
+    examples:
+      writemypaper evaluate --data prepared --models base=gemma3-270m tuned=runs/demo --out eval
+      writemypaper evaluate --data prepared --models tuned=runs/demo --decodings plain grounded+4 --out eval
+      writemypaper evaluate --predictions outputs.jsonl --out eval
+    """
     from writemypaper import config, evaluate
 
     # `--decodings plain grounded n_samples=9` would swallow the override: take key=value items back out.
@@ -123,7 +282,84 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_export(a: argparse.Namespace) -> int:
+# ---------------------------------------------------------------------------------------------------------------------
+# serve
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="training run, model directory or Hub id (default: gemma3-270m)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address; the default serves this machine only")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="weights' precision on this device")
+    p.add_argument("--max-input-chars", type=_positive_int, default=4000, help="longest summary accepted")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=1024, help="largest max_tokens accepted")
+    p.add_argument("--min-temperature", type=float, default=0.0, help="lowest temperature accepted")
+    p.add_argument("--max-temperature", type=float, default=2.0, help="highest temperature accepted")
+    p.add_argument("--queue-depth", type=_positive_int, default=64, help="requests waiting before 429")
+    p.add_argument("--max-batch-size", type=_positive_int, default=8,
+                   help="sequences batched on the model at once (also the most n and candidates a request may ask)")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on /v1 (default: $WRITEMYPAPER_API_KEY, else none)")
+    p.add_argument("--allow-no-key", action="store_true",
+                   help="serve a non-loopback --host without an API key (refused otherwise)")
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    """an OpenAI-compatible API and a web page that writes an abstract from a summary
+
+    Serve a model over the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models, /health) and a web page at /
+    where a summary becomes a streamed abstract with unsupported facts highlighted. Requests may set "grounded"
+    (default true) and "candidates" (default 1) in the body; the page has a checkbox and a selector for them.
+
+    To serve beyond this machine (a lab server, a tunnel from Colab), require a key: --api-key KEY or
+    WRITEMYPAPER_API_KEY; clients send 'Authorization: Bearer KEY' (the openai client's api_key), the page asks for it
+    once.
+
+    examples:
+      writemypaper serve --model runs/demo --port 8000
+      WRITEMYPAPER_API_KEY=$(openssl rand -hex 16) writemypaper serve --model runs/demo --host 0.0.0.0
+    """
+    from writemypaper import serve
+
+    serve.main(model=a.model, host=a.host, port=a.port, precision=a.precision, max_input_chars=a.max_input_chars,
+               max_new_tokens=a.max_new_tokens, min_temperature=a.min_temperature, max_temperature=a.max_temperature,
+               queue_depth=a.queue_depth, max_batch_size=a.max_batch_size, api_key=a.api_key,
+               allow_no_key=a.allow_no_key)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# export
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR",
+                   help="a directory written by `writemypaper train` (or a base model: gemma3-270m, a directory, a Hub id)")
+    p.add_argument("--out", required=True, metavar="DIR", help="where the merged model goes")
+    p.add_argument("--scores", default=None, metavar="scores.json", help="evaluation scores for the model card")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="precision of the merged weights")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload to this Hub repo (needs HF_TOKEN)")
+    p.add_argument("--public", action="store_true", help="make the Hub repo public (private by default)")
+    p.add_argument("--gguf", default=None, choices=["f16", "bf16", "q8_0", "q4_0"], metavar="TYPE",
+                   help="also write OUT/<name>-TYPE.gguf and a Modelfile: f16, bf16, q8_0 (8-bit, half f16's size) "
+                        "or q4_0 (4-bit; the embedding stays 8-bit)")
+    p.add_argument("--no-safetensors", action="store_true", help="with --gguf, write only the GGUF side")
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    """merge a run's adapter into its base model, with a model card; GGUF for llama.cpp and Ollama
+
+    Merge a training run's LoRA adapter into the base weights and write a directory that plain transformers loads,
+    with a README.md model card. --gguf TYPE also writes the model as one GGUF file for llama.cpp, Ollama and LM
+    Studio, with an Ollama Modelfile beside it (the safetensors model is written too unless --no-safetensors). The
+    chat template of both carries the run's instruction, so a user message holding only the summary renders the
+    training prompt.
+
+    examples:
+      writemypaper export runs/demo --out exported/demo --scores eval/scores.json
+      writemypaper export runs/demo --out exported/demo --gguf q8_0
+      writemypaper export gemma3-270m --out exported/base --gguf f16 --no-safetensors   # a base model, untuned
+    """
     from writemypaper import export
 
     path = export.export(a.run_dir, a.out, scores=a.scores, precision=a.precision, push_to_hub=a.push_to_hub,
@@ -138,22 +374,46 @@ def _cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_serve(a: argparse.Namespace) -> int:
-    from writemypaper import serve
-
-    serve.main(model=a.model, host=a.host, port=a.port, precision=a.precision, max_input_chars=a.max_input_chars,
-               max_new_tokens=a.max_new_tokens, min_temperature=a.min_temperature, max_temperature=a.max_temperature,
-               queue_depth=a.queue_depth, max_batch_size=a.max_batch_size, api_key=a.api_key,
-               allow_no_key=a.allow_no_key)
-    return 0
+# ---------------------------------------------------------------------------------------------------------------------
+# demo
 
 
-def _cmd_demo(a: argparse.Namespace) -> int:
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="writemypaper-demo", metavar="DIR", help="where everything goes")
+    p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the preset's)")
+    p.add_argument("--eval-samples", type=_positive_int, default=8, help="held-out pairs to evaluate")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=192, help="longest generated abstract")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="cpu-demo preset overrides")
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    """the whole pipeline offline on the embedded model and sample corpus (a few minutes on a CPU)
+
+    Prepare the sample corpus, fine-tune the embedded Gemma 3 270M with the cpu-demo preset, evaluate base against
+    tuned on held-out pairs and write the report. Runs offline; uses a GPU if present.
+
+    example:
+      writemypaper demo --out writemypaper-demo
+    """
     from writemypaper import demo
 
     demo.demo(out=a.out, steps=a.steps, eval_samples=a.eval_samples, max_new_tokens=a.max_new_tokens,
               overrides=a.overrides)
     return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the command
+
+VERBS = {
+    "prepare": (add_prepare_arguments, cmd_prepare),
+    "train": (add_train_arguments, cmd_train),
+    "generate": (add_generate_arguments, cmd_generate),
+    "evaluate": (add_evaluate_arguments, cmd_evaluate),
+    "serve": (add_serve_arguments, cmd_serve),
+    "export": (add_export_arguments, cmd_export),
+    "demo": (add_demo_arguments, cmd_demo),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,206 +425,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"writemypaper {__version__}")
     sub = p.add_subparsers(dest="verb", metavar="VERB")
-
-    # prepare ------------------------------------------------------------------------------------------------------
-    sp = sub.add_parser(
-        "prepare",
-        help="read the 논문자료 요약 corpus (json, jsonl, directories, zips), check it and split it",
-        description="Read the AIHub 논문자료 요약 corpus in any layout it ships in, normalise and check every "
-        "summary/original pair, and write train/validation/test splits (by document, stratified by field) "
-        "plus stats.json.\n\nexample:\n  writemypaper prepare --input data/sample --out prepared",
-        formatter_class=_Formatter,
-    )
-    sp.add_argument("--input", nargs="+", required=True, metavar="PATH", help=".json, .jsonl, .zip files or directories")
-    sp.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
-    sp.add_argument("--granularity", choices=["entire", "section", "both"], default="entire",
-                    help="pairs from summary_entire, summary_section, or both")
-    sp.add_argument("--val-fraction", type=_fraction, default=0.1, help="share of documents for validation")
-    sp.add_argument("--test-fraction", type=_fraction, default=0.1, help="share of documents for test")
-    sp.add_argument("--seed", type=int, default=42, help="seed of the split")
-    sp.add_argument("--min-chars", type=int, default=10, help="skip pairs whose summary is shorter than this")
-    sp.add_argument("--max-chars", type=_positive_int, default=4000, help="skip pairs whose original is longer than this")
-    sp.add_argument("--strict", action="store_true", help="exit non-zero if any record was skipped")
-    sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    sp.set_defaults(func=_cmd_prepare)
-
-    # train --------------------------------------------------------------------------------------------------------
-    from writemypaper.config import available_presets  # cheap: yaml only
-
-    sp = sub.add_parser(
-        "train",
-        help="LoRA/QLoRA fine-tuning with TRL's SFTTrainer, from a preset in configs/",
-        description="Fine-tune a Gemma chat model on prepared splits with LoRA (or QLoRA in 4-bit on a GPU), "
-        "evaluating the validation loss as it goes, with early stopping, resumable checkpoints, TensorBoard logs "
-        "and a loss-curve PNG.\n\nOverride any preset key with KEY=VALUE, e.g. training.learning_rate=1e-4 "
-        "lora.r=16 training.max_steps=100.\n\nexamples:\n"
-        "  writemypaper train --config cpu-demo --data prepared --out runs/demo\n"
-        "  writemypaper train --config seed --data prepared --out runs/seed --model google/gemma-2-2b-it\n"
-        "  accelerate launch -m writemypaper train --config fast --data prepared --out runs/fast",
-        formatter_class=_Formatter,
-    )
-    sp.add_argument("--config", default="cpu-demo", metavar="PRESET|FILE",
-                    help=f"preset name ({', '.join(available_presets('train'))}) or a YAML file")
-    sp.add_argument("--data", required=True, metavar="DIR", help="a directory written by `writemypaper prepare`")
-    sp.add_argument("--out", required=True, metavar="RUN_DIR", help="where the adapter, logs and metrics go")
-    sp.add_argument("--model", default=None, help="Hub id, local directory or 'gemma3-270m' (overrides the preset)")
-    sp.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in RUN_DIR")
-    sp.add_argument("--dry-run", action="store_true",
-                    help="print the resolved config, trainable parameters and dataset sizes, then exit")
-    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    sp.set_defaults(func=_cmd_train)
-
-    # generate -----------------------------------------------------------------------------------------------------
-    sp = sub.add_parser(
-        "generate",
-        help="write abstracts from summaries: one streamed, or many in batches to JSONL",
-        description="Write full abstracts from summaries with a base model, a training run or a merged export. "
-        "One summary streams to the terminal; --input or --split generate in batches with a progress bar.\n\n"
-        "Faithful by default: numbers are grounded (the model can write a number only if the summary holds it, in "
-        "any written form: 1,250 or 1250), and the repetition penalty covers the generated text only, so copying the "
-        "summary's figures and terms is not punished. --candidates N samples N abstracts per summary in one batched "
-        "call and keeps the one with the fewest unsupported facts, then the most coverage of the summary, then the "
-        "highest mean log-probability. Every JSONL row records the settings it was written with.\n\n"
-        "examples:\n"
-        "  writemypaper generate \"한ㆍ중ㆍ일 세 나라의 정치 태도를 비교하였다.\" --model runs/demo\n"
-        "  writemypaper generate --input summaries.txt --model runs/demo --out abstracts.jsonl\n"
-        "  writemypaper generate --data prepared --split test --model runs/demo --out test.jsonl\n"
-        "  writemypaper generate --input summaries.txt --model runs/demo --candidates 4 --save-candidates --out c.jsonl",
-        formatter_class=_Formatter,
-    )
-    sp.add_argument("args", nargs="*", metavar="SUMMARY|KEY=VALUE", help="a summary, and/or config overrides")
-    sp.add_argument("--model", default=None, help="base model, training run or export (default: the preset's)")
-    sp.add_argument("--config", default="generate", metavar="PRESET|FILE", help="generation preset or YAML file")
-    sp.add_argument("--input", default=None, metavar="FILE", help=".txt (a summary a line), .jsonl or .csv with 'summary'")
-    sp.add_argument("--data", default=None, metavar="DIR", help="prepared directory, with --split")
-    sp.add_argument("--split", default=None, choices=["train", "validation", "test"], help="generate for a split")
-    sp.add_argument("--out", default=None, metavar="FILE.jsonl", help="write JSONL here (default: stdout)")
-    sp.add_argument("--limit", type=_positive_int, default=None, help="only the first N inputs")
-    sp.add_argument("--batch-size", type=_positive_int, default=None)
-    sp.add_argument("--max-new-tokens", type=_positive_int, default=None)
-    sp.add_argument("--temperature", type=float, default=None)
-    sp.add_argument("--top-p", type=float, default=None)
-    sp.add_argument("--top-k", type=int, default=None)
-    sp.add_argument("--repetition-penalty", type=float, default=None)
-    sp.add_argument("--num-return-sequences", type=_positive_int, default=None)
-    sp.add_argument("--seed", type=int, default=None, help="makes sampled output reproducible")
-    sp.add_argument("--greedy", action="store_true", help="greedy decoding (no sampling)")
-    sp.add_argument("--no-grounding", action="store_true",
-                    help="let the model write any number, not only the summary's (grounding is on by default)")
-    sp.add_argument("--candidates", type=_positive_int, default=None, metavar="N",
-                    help="sample N abstracts per summary (1-16, needs sampling) and keep the best by the fact check "
-                         "(None: the preset's, which is 1)")
-    sp.add_argument("--save-candidates", action="store_true",
-                    help="with --out: also write every candidate with its unsupported facts, coverage and mean "
-                         "log-probability")
-    sp.set_defaults(func=_cmd_generate)
-
-    # evaluate -----------------------------------------------------------------------------------------------------
-    sp = sub.add_parser(
-        "evaluate",
-        help="score models (or existing outputs): Korean-morpheme ROUGE, fact check, loss; HTML report",
-        description="Generate abstracts for N test pairs with each model under each decoding (plain, grounded, "
-        "best of N) and score them: ROUGE-1/2/L over Kiwi morphemes and character ROUGE-L, unsupported facts "
-        "(numbers with their units, years, terms the summary lacks) per sample and pooled, coverage, length ratio, "
-        "and loss/perplexity on the references, with paired bootstrap 95% intervals. Writes scores.json, "
-        "predictions.jsonl and a self-contained report.html.\n\nexamples:\n"
-        "  writemypaper evaluate --data prepared --models base=gemma3-270m tuned=runs/demo --out eval\n"
-        "  writemypaper evaluate --data prepared --models tuned=runs/demo --decodings plain grounded+4 --out eval\n"
-        "  writemypaper evaluate --predictions outputs.jsonl --out eval",
-        formatter_class=_Formatter,
-    )
-    sp.add_argument("--models", nargs="+", default=None, metavar="NAME=MODEL", help="models to compare")
-    sp.add_argument("--data", default=None, metavar="DIR", help="prepared directory (its test split is used)")
-    sp.add_argument("--predictions", nargs="+", default=None, metavar="[NAME=]FILE.jsonl",
-                    help="score existing outputs: JSONL with summary, reference, prediction")
-    sp.add_argument("--out", required=True, metavar="DIR", help="scores.json and report.html go here")
-    sp.add_argument("-n", type=_positive_int, default=None, help="number of test pairs (overrides n_samples)")
-    sp.add_argument("--decodings", nargs="+", default=None, metavar="DECODING",
-                    help="plain, grounded, plain+N or grounded+N (best of N); overrides the config's decodings")
-    sp.add_argument("--config", default="evaluate", metavar="PRESET|FILE")
-    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    sp.set_defaults(func=_cmd_evaluate)
-
-    # serve --------------------------------------------------------------------------------------------------------
-    sp = sub.add_parser(
-        "serve",
-        help="an OpenAI-compatible API and a web page that writes an abstract from a summary",
-        description="Serve a model over the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models, "
-        "/health) and a web page at / where a summary becomes a streamed abstract with unsupported facts "
-        "highlighted. Requests may set \"grounded\" (default true) and \"candidates\" (default 1) in the body; the "
-        "page has a checkbox and a selector for them.\n\nTo serve beyond this machine (a lab server, a tunnel from "
-        "Colab), require a key: --api-key KEY or WRITEMYPAPER_API_KEY; clients send 'Authorization: Bearer KEY' (the "
-        "openai client's api_key), the page asks for it once.\n\nexamples:\n"
-        "  writemypaper serve --model runs/demo --port 8000\n"
-        "  WRITEMYPAPER_API_KEY=$(openssl rand -hex 16) writemypaper serve --model runs/demo --host 0.0.0.0",
-        formatter_class=_Formatter,
-    )
-    sp.add_argument("--model", default=None, help="training run, model directory or 'gemma3-270m' (the default)")
-    sp.add_argument("--host", default="127.0.0.1", help="bind address (only this machine by default)")
-    sp.add_argument("--port", type=int, default=8000)
-    sp.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
-    sp.add_argument("--max-input-chars", type=_positive_int, default=4000, help="longest summary accepted")
-    sp.add_argument("--max-new-tokens", type=_positive_int, default=1024, help="largest max_tokens accepted")
-    sp.add_argument("--min-temperature", type=float, default=0.0)
-    sp.add_argument("--max-temperature", type=float, default=2.0)
-    sp.add_argument("--queue-depth", type=_positive_int, default=64, help="requests waiting before 429")
-    sp.add_argument("--max-batch-size", type=_positive_int, default=8,
-                    help="sequences batched on the model at once (also the most n and candidates a request may ask)")
-    sp.add_argument("--api-key", default=None, metavar="KEY",
-                    help="require 'Authorization: Bearer KEY' on /v1 (default: $WRITEMYPAPER_API_KEY, else none)")
-    sp.add_argument("--allow-no-key", action="store_true",
-                    help="serve a non-loopback --host without an API key (refused otherwise)")
-    sp.set_defaults(func=_cmd_serve)
-
-    # export -------------------------------------------------------------------------------------------------------
-    sp = sub.add_parser(
-        "export",
-        help="merge a run's adapter into its base model, with a model card; GGUF for llama.cpp and Ollama",
-        description="Merge a training run's LoRA adapter into the base weights and write a directory that plain "
-        "transformers loads, with a README.md model card. --gguf TYPE also writes the model as one GGUF file for "
-        "llama.cpp, Ollama and LM Studio, with an Ollama Modelfile beside it (the safetensors model is written too "
-        "unless --no-safetensors). The chat template of both carries the run's instruction, so a user message "
-        "holding only the summary renders the training prompt.\n\nexamples:\n"
-        "  writemypaper export runs/demo --out exported/demo --scores eval/scores.json\n"
-        "  writemypaper export runs/demo --out exported/demo --gguf q8_0\n"
-        "  writemypaper export gemma3-270m --out exported/base --gguf f16 --no-safetensors   # a base model, untuned",
-        formatter_class=_Formatter,
-    )
-    sp.add_argument("run_dir", metavar="RUN_DIR",
-                    help="a directory written by `writemypaper train` (or a base model: gemma3-270m, a directory, a Hub id)")
-    sp.add_argument("--out", required=True, metavar="DIR")
-    sp.add_argument("--scores", default=None, metavar="scores.json", help="evaluation scores for the model card")
-    sp.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
-    sp.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload to this Hub repo (needs HF_TOKEN)")
-    sp.add_argument("--public", action="store_true", help="make the Hub repo public (private by default)")
-    sp.add_argument("--gguf", default=None, choices=["f16", "bf16", "q8_0", "q4_0"], metavar="TYPE",
-                    help="also write OUT/<name>-TYPE.gguf and a Modelfile: f16, bf16, q8_0 (8-bit, half f16's size) "
-                    "or q4_0 (4-bit; the embedding stays 8-bit)")
-    sp.add_argument("--no-safetensors", action="store_true", help="with --gguf, write only the GGUF side")
-    sp.set_defaults(func=_cmd_export)
-
-    # demo ---------------------------------------------------------------------------------------------------------
-    sp = sub.add_parser(
-        "demo",
-        help="the whole pipeline offline on the embedded model and sample corpus (a few minutes on a CPU)",
-        description="Prepare the sample corpus, fine-tune the embedded Gemma 3 270M with the cpu-demo preset, "
-        "evaluate base against tuned on held-out pairs and write the report. Runs offline; uses a GPU if present."
-        "\n\nexample:\n  writemypaper demo --out writemypaper-demo",
-        formatter_class=_Formatter,
-    )
-    sp.add_argument("--out", default="writemypaper-demo", metavar="DIR")
-    sp.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the preset's)")
-    sp.add_argument("--eval-samples", type=_positive_int, default=8, help="held-out pairs to evaluate")
-    sp.add_argument("--max-new-tokens", type=_positive_int, default=192, help="longest generated abstract")
-    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="cpu-demo preset overrides")
-    sp.set_defaults(func=_cmd_demo)
-
+    for name, (add_arguments, command) in VERBS.items():
+        first, _, rest = (command.__doc__ or "").partition("\n")
+        summary, _, description = f"{first}\n{textwrap.dedent(rest)}".strip().partition("\n\n")
+        sp = sub.add_parser(name, help=summary, description=description, formatter_class=_Formatter)
+        add_arguments(sp)
+        sp.set_defaults(func=command)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse fills a list of positionals from one run of them only: KEY=VALUE items (or summary words) after an
+    # option, as in `generate "요약" --model runs/demo generation.seed=1`, come back here; they join the list.
+    rest = next((getattr(args, d) for d in ("overrides", "args") if isinstance(getattr(args, d, None), list)), None)
+    if extra and (rest is None or any(x.startswith("-") for x in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        rest.extend(extra)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
@@ -380,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"writemypaper: error: {e}", file=sys.stderr)
+        for problem in str(e).splitlines() or [""]:  # every problem found, one a line
+            print(f"writemypaper: error: {problem}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("writemypaper: interrupted", file=sys.stderr)

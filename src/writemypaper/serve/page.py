@@ -1,0 +1,40 @@
+"""The web page at /: a summary in, a streamed abstract out, its unsupported facts marked. Its three files are in
+writemypaper/static/ (package data) and are read once, when the router is made: no route turns a request's path
+into a file path.
+
+    writemypaper serve --model runs/demo        # then open http://127.0.0.1:8000/
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+PAGE_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/static/style.css": ("style.css", "text/css; charset=utf-8"),
+}
+# Everything the page loads comes from this server; the browser enforces it.
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+            "font-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+HEADERS = {"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+
+
+def page_router() -> APIRouter:
+    """GET routes for the page and its assets, with their bytes read now."""
+    router = APIRouter(include_in_schema=False)
+    for route, (name, mime) in PAGE_FILES.items():
+        body = (STATIC / name).read_bytes()
+        router.add_api_route(route, _serve(body, mime), methods=["GET"])
+    return router
+
+
+def _serve(body: bytes, mime: str):
+    async def page_file():
+        return Response(body, media_type=mime, headers=HEADERS)
+
+    return page_file

@@ -49,8 +49,8 @@ def summaries() -> list[str]:
     return list(dict.fromkeys(found))
 
 
-async def one(client, url: str, summary: str, max_tokens: int, stream: bool) -> dict:
-    body = {"model": "gemma3-270m", "messages": [{"role": "user", "content": summary}], "max_tokens": max_tokens,
+async def one(client, url: str, summary: str, max_tokens: int, stream: bool, model: str) -> dict:
+    body = {"model": model, "messages": [{"role": "user", "content": summary}], "max_tokens": max_tokens,
             "stream": stream, "stream_options": {"include_usage": True} if stream else None}
     start = time.perf_counter()
     first = None
@@ -79,11 +79,12 @@ async def load(url: str, texts: list[str], n: int, n_stream: int, max_tokens: in
 
     limits = httpx.Limits(max_connections=n + 1, max_keepalive_connections=n + 1)
     async with httpx.AsyncClient(timeout=3600, limits=limits) as client:
-        await one(client, url, texts[0], max_tokens, False)  # warm-up: first-call costs stay out of the figures
+        model = (await client.get(f"{url}/v1/models")).json()["data"][0]["id"]  # the name it serves under
+        await one(client, url, texts[0], max_tokens, False, model)  # warm-up: first-call costs stay out of the figures
         # Streams are spread evenly among the plain requests.
         kinds = [i * n_stream // n != (i + 1) * n_stream // n for i in range(n)]
         t0 = time.perf_counter()
-        results = await asyncio.gather(*(one(client, url, texts[i % len(texts)], max_tokens, s)
+        results = await asyncio.gather(*(one(client, url, texts[i % len(texts)], max_tokens, s, model)
                                          for i, s in enumerate(kinds)))
     return list(results), t0
 
@@ -94,6 +95,9 @@ def percentile(values: list[float], p: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="gemma3-270m",
+                    help="what the server loads: the embedded model, a run, an export, or a model directory "
+                         "(python bench/common.py make-model DIR, on the GPU machine)")
     ap.add_argument("--requests", type=int, default=32, help="requests sent at once")
     ap.add_argument("--stream", type=int, default=0, help="how many of them stream")
     ap.add_argument("--max-tokens", type=int, default=32, help="max_tokens of every request")
@@ -106,7 +110,7 @@ def main() -> None:
     from writemypaper.generate import Generator
     from writemypaper.serve import Limits, create_app, serving
 
-    generator = Generator.load("gemma3-270m")
+    generator = Generator.load(a.model)
     limits = Limits(max_new_tokens=max(a.max_tokens, 1), queue_depth=a.requests + 1, max_batch_size=a.max_batch_size)
     app = create_app(generator, limits)
     texts = summaries()
@@ -121,7 +125,7 @@ def main() -> None:
     ttft = [r["ttft"] for r in ok if r["ttft"] is not None]
     row = {
         "requests": a.requests, "streaming": a.stream, "answered": len(ok), "lost": a.requests - len(ok),
-        "max_tokens": a.max_tokens, "max_batch_size": a.max_batch_size,
+        "model": a.model, "max_tokens": a.max_tokens, "max_batch_size": a.max_batch_size,
         "model_calls": served["model_calls"] - 1, "largest_batch": served["largest_batch"], "left_in_queue": left,
         "wall_s": round(wall, 1), "generated_tokens": tokens, "tokens_per_s": round(tokens / wall, 2),
         "p50_s": round(percentile(latencies, 50), 2), "p90_s": round(percentile(latencies, 90), 2),

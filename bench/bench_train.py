@@ -64,6 +64,9 @@ def run(a) -> dict | None:
     from writemypaper.train import build_trainer, count_parameters
 
     t_start = time.time()
+    if a.compile_mode:  # train.compile_layers calls Module.compile on each layer: give those calls the mode
+        compile_ = torch.nn.Module.compile
+        torch.nn.Module.compile = lambda self, *args, **kw: compile_(self, *args, **{"mode": a.compile_mode, **kw})
     cfg = load_config(a.preset, a.set, kind="train")
     steps = a.warmup + a.steps + (1 if a.profile else 0)  # the profiled step comes after the timed ones
     eval_on = cfg.training.get("eval_strategy", "no") not in ("no", False) and not a.no_eval
@@ -93,36 +96,60 @@ def run(a) -> dict | None:
 
     profiler = None
 
+    lever, _, block = (a.ab or ":0").partition(":")
+    if a.ab and (lever != "nan-filter" or not block.isdigit() or int(block) < 1):
+        raise SystemExit(f"--ab {a.ab}: use nan-filter:B with B >= 1")
+    block = int(block)
+
+    def arm(step: int) -> str:  # --ab LEVER:B: after the warm-up, blocks of B steps alternate the lever off / on
+        return "on" if block and step >= a.warmup and (step - a.warmup) // block % 2 else "off"
+
     class StepClock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
             nonlocal profiler
+            on = arm(state.global_step) == "on"
+            if lever == "nan-filter":  # the Trainer reads it at every micro-batch
+                args.logging_nan_inf_filter = on
             if a.profile and state.global_step == a.warmup + a.steps and int(os.environ.get("RANK", 0)) == 0:
                 profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]
                                                   + ([torch.profiler.ProfilerActivity.CUDA] if cuda else []))
                 profiler.__enter__()
 
         def on_step_end(self, args, state, control, **kw):
+            # A CUDA event marks the step's end on the GPU's timeline, with no wait: a sync here would drain the
+            # queue every step, which training does not do. Times are read once training is over.
+            clock = torch.cuda.Event(enable_timing=True) if cuda else time.perf_counter()
             if cuda:
-                torch.cuda.synchronize()
-            marks.append((time.perf_counter(), totals.clone(), torch.cuda.max_memory_allocated() if cuda else 0))
+                clock.record()
+            marks.append((clock, totals.clone(), torch.cuda.max_memory_allocated() if cuda else 0))
             faulthandler.cancel_dump_traceback_later()
             if profiler is not None and len(marks) == steps:
+                torch.cuda.synchronize() if cuda else None
                 profiler.__exit__(None, None, None)
-                write_profile(profiler, a.profile, marks[-1][0] - marks[-2][0])
+                write_profile(profiler, a.profile, _seconds(marks[-2][0], marks[-1][0]))
 
     with tempfile.TemporaryDirectory(prefix="wmp-bench-") as out_dir:
         t_build = time.time()
         trainer = build_trainer(cfg, a.model, Path(out_dir), train_ds, eval_ds, tokenizer, callbacks=[StepClock()])
         build_s = time.time() - t_build
         trainer.model.register_forward_pre_hook(_counter_hook(totals, tokenizer.pad_token_id), with_kwargs=True)
+        if a.compile_mode and "reduce-overhead" in a.compile_mode:
+            # CUDA graphs reuse their output memory at each replay: a new micro-batch starts a new generation of
+            # them, or the previous one's outputs (still needed by backward) read as overwritten
+            trainer.model.register_forward_pre_hook(lambda *_: torch.compiler.cudagraph_mark_step_begin())
         trainable, total_params = count_parameters(trainer.model)
         attn = getattr(trainer.model.config, "_attn_implementation", None)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         if a.stacks_after:  # a first step slower than this prints every thread's stack (a hang, or compilation)
             faulthandler.dump_traceback_later(a.stacks_after)
+        start = torch.cuda.Event(enable_timing=True) if cuda else None
         t_train = time.perf_counter()
+        if cuda:
+            start.record()
         trainer.train()
+        if cuda:
+            torch.cuda.synchronize()
         train_wall = time.perf_counter() - t_train
         history = trainer.state.log_history
         world = trainer.args.world_size
@@ -139,11 +166,19 @@ def run(a) -> dict | None:
         if dist.get_rank() != 0:
             return None
     counts = counts.tolist()[: a.warmup + a.steps]
-    times = [m[0] for m in marks][: a.warmup + a.steps]
+    times = [_seconds(start, m[0]) for m in marks][: a.warmup + a.steps]
     w = a.warmup
     dt = times[-1] - times[w - 1]
     tok, smp, ltok = (counts[-1][i] - counts[w - 1][i] for i in range(3))
     step_times = sorted(t1 - t0 for t0, t1 in zip(times[w - 1:], times[w:]))
+    ab = {}
+    for i in range(w, len(times)):  # step i+1 ran between marks i-1 and i
+        row = ab.setdefault(arm(i), {"steps": 0, "seconds": 0.0, "tokens": 0})
+        row["steps"] += 1
+        row["seconds"] += times[i] - times[i - 1]
+        row["tokens"] += counts[i][0] - counts[i - 1][0]
+    for row in ab.values():
+        row["tokens_per_s"] = row["tokens"] / row["seconds"]
 
     mconf = models.load_model_config(a.model)
     fl = common.lora_flops_per_token(mconf, int(cfg.lora.r), list(cfg.lora.target_modules), stats)
@@ -153,14 +188,14 @@ def run(a) -> dict | None:
         "name": a.name or a.preset, "preset": a.preset, "overrides": a.set, "world_size": world,
         "tokens_per_s": tps, "samples_per_s": smp / dt, "loss_tokens_per_s": ltok / dt,
         "tokens_per_step": tok / a.steps, "samples_per_step": smp / a.steps,
-        "step_s_median": step_times[len(step_times) // 2],
+        "step_s_median": step_times[len(step_times) // 2], "ab": {"lever": lever, "block": block, **ab} if block else None,
         "peak_mem_gib": peak[0].item() / 2**30, "peak_mem_train_gib": peak[1].item() / 2**30,
         "evaluation": eval_on,
         "mfu": tps * fl["flops_per_token"] / (peak_tflops * 1e12) if peak_tflops else None,
         "flops_per_token": fl["flops_per_token"], "bf16_matmul_tflops": peak_tflops,
         "losses": [round(h["loss"], 4) for h in history if "loss" in h],
         "eval_loss": next((h["eval_loss"] for h in history if "eval_loss" in h), None),
-        "first_step_s": times[0] - t_train, "train_wall_s": train_wall, "build_s": build_s,
+        "first_step_s": times[0] if cuda else times[0] - t_train, "train_wall_s": train_wall, "build_s": build_s,
         "process_s": time.time() - t_start, "warmup_steps": w, "timed_steps": a.steps,
         "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32", "attn_implementation": attn,
         "quantization": cfg.get("quantization"), "trainable_params": trainable, "total_params": total_params,
@@ -173,7 +208,18 @@ def run(a) -> dict | None:
     print(f"{result['name']}: {tps:,.0f} tokens/s, {smp / dt:.1f} samples/s, peak {result['peak_mem_gib']:.2f} GiB, "
           f"MFU {result['mfu'] if result['mfu'] is None else round(100 * result['mfu'], 1)}%, "
           f"losses {result['losses'][:3]}..{result['losses'][-2:]}")
+    if block:
+        print(f"same process, blocks of {block} steps with {lever} off and on: " + ", ".join(
+            f"{k} {v['tokens_per_s']:,.0f} tokens/s over {v['steps']} steps" for k, v in sorted(ab.items()))
+            + f"; off / on = {ab['off']['tokens_per_s'] / ab['on']['tokens_per_s']:.3f}")
     return result
+
+
+def _seconds(start, end) -> float:
+    """Seconds between two marks: CUDA events (on a GPU) or perf_counter readings."""
+    if hasattr(end, "elapsed_time"):
+        return start.elapsed_time(end) / 1000
+    return end - (start or 0)
 
 
 def write_profile(prof, path: str, step_s: float) -> None:
@@ -219,6 +265,16 @@ def table(path: str, baseline: str) -> str:
             f"{r['samples_per_s']:.1f} | {ratio(r, 'samples_per_s')} | {r['peak_mem_gib']:.2f} | "
             f"{ratio(r, 'peak_mem_gib')} | {mfu} | {', '.join(f'{x:.2f}' for x in r['losses'][:3])} | "
             f"{r['losses'][-1]:.2f} | {ev} |")
+    ab = [r for r in rows if r.get("ab")]
+    if ab:
+        out += ["", "| variant (one process) | lever | off: tokens/s | on: tokens/s | off / on | steps each |",
+                "|---|---|---:|---:|---:|---|"]
+        for r in ab:
+            off, on = r["ab"].get("off"), r["ab"].get("on")
+            if off and on:
+                out.append(f"| {r['name']} | {r['ab']['lever']} | {off['tokens_per_s']:,.0f} | "
+                           f"{on['tokens_per_s']:,.0f} | {off['tokens_per_s'] / on['tokens_per_s']:.3f} | "
+                           f"{off['steps']}, {on['steps']} |")
     return "\n".join(out)
 
 
@@ -237,6 +293,8 @@ def main():
     ap.add_argument("--stacks-after", type=float, default=0, metavar="S",
                     help="print every thread's stack if the first step has not ended after S seconds")
     ap.add_argument("--profile", metavar="TXT", help="profile one more step after the timed ones, write a summary here")
+    ap.add_argument("--compile-mode", help="torch.compile mode for the compiled layers (e.g. reduce-overhead: "
+                                           "CUDA graphs)")
     ap.add_argument("--out", default="bench-train.jsonl")
     ap.add_argument("--table", metavar="JSONL", help="print the table of a results file and exit")
     ap.add_argument("--baseline", default="seed", help="row the ratios are taken against")

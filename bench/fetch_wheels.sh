@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fill .whl/ (git-ignored) with what the GPU machine lacks, for bench/gpu_smoke.sh to install there (no network
-# there): trl, datasets and their missing needs, omegaconf, peft (the version tested here), bitsandbytes slimmed to
+# there): trl, datasets and their missing needs, omegaconf, peft (the version tested here), the server's stack
+# (fastapi, pydantic, uvicorn, sse-starlette and what they need beyond the image), bitsandbytes slimmed to
 # its CPU and CUDA 13.0 libraries (43 MB -> 3.6 MB, under the 64 MiB a call may carry), liger-kernel, and the
 # embedded model's tokenizer, gzipped, for the random-weight Gemma 2 the benchmarks make.
 #
@@ -11,7 +12,9 @@ grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >>.git/info/exclu
 mkdir -p .whl
 PY=${PYTHON:-python3}
 for spec in trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 omegaconf==2.4.0 peft==0.21.2 \
-  bitsandbytes==0.50.2 liger-kernel==0.8.5; do
+  bitsandbytes==0.50.2 liger-kernel==0.8.5 \
+  fastapi==0.165.0 starlette==1.10.0 pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 \
+  typing-inspection==0.4.5 typing_extensions==4.16.0 opentelemetry-api==1.45.2 uvicorn==0.54.0 sse-starlette==3.7.0; do
   $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl "$spec"

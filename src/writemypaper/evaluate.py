@@ -196,8 +196,14 @@ def reference_loss(model, tokenizer, samples: list[dict], instruction: str | Non
 
 
 def _log_history(refs: dict[str, str]) -> list[dict] | None:
+    """The training curve of the first model that is a run, or a GGUF exported from one (its writemypaper.json
+    names the run)."""
     for ref in refs.values():
-        p = Path(ref) / "log_history.json"
+        run = Path(ref)
+        info = run.parent / "writemypaper.json"
+        if run.suffix == ".gguf" and info.is_file():
+            run = Path(json.loads(info.read_text(encoding="utf-8")).get("exported_from") or run)
+        p = run / "log_history.json"
         if p.is_file():
             return json.loads(p.read_text(encoding="utf-8"))
     return None
@@ -266,8 +272,10 @@ def _generate_all(cfg, models: dict[str, str], samples: list[dict], plans: list,
                                "description": describe(asdict(settings)), "settings": asdict(settings),
                                "seconds": seconds, "output_tokens": tokens,
                                "output_tokens_per_s": tokens / seconds if seconds > 0 else None}
-        if hasattr(gen, "model"):  # a .gguf model runs in llama.cpp, which gives no torch model for the loss
+        if hasattr(gen, "model"):
             losses[name] = reference_losses(gen.model, gen.tokenizer, samples, gen.instruction)
+        else:  # a .gguf model runs in llama.cpp, which scores the same tokens itself
+            losses[name] = gen.reference_losses(samples)
         del gen
         gc.collect()
     return preds, columns, losses

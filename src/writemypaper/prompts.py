@@ -86,14 +86,14 @@ def encode_example(tokenizer, summary: str, original: str, instruction: str | No
     prompt_ids = encode_prompt(tokenizer, summary, instruction)
     full = render_example(summary, original, instruction, tokenizer.bos_token)
     ids = tokenizer(full, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    if ids[: len(prompt_ids)] != prompt_ids:
-        # The prompt ends in "model\n", and a tokenizer may merge that newline with the answer's first characters.
-        # Mask by the longest common prefix instead, so no answer token is ever hidden from the loss.
-        n = 0
-        while n < min(len(ids), len(prompt_ids)) and ids[n] == prompt_ids[n]:
-            n += 1
-        prompt_len = n
-    else:
-        prompt_len = len(prompt_ids)
-    labels = [-100] * prompt_len + ids[prompt_len:]
-    return {"input_ids": ids, "labels": labels}
+    return {"input_ids": ids, "labels": mask_prompt(prompt_ids, ids)}
+
+
+def mask_prompt(prompt_ids: list[int], ids: list[int]) -> list[int]:
+    """`ids` as labels, -100 over the prompt. The prompt ends in "model\n", and a tokenizer may merge that newline
+    with the answer's first characters: then the mask covers the longest common prefix, so no answer token is ever
+    hidden from the loss."""
+    n = 0
+    while n < min(len(ids), len(prompt_ids)) and ids[n] == prompt_ids[n]:
+        n += 1
+    return [-100] * n + ids[n:]

@@ -173,3 +173,26 @@ def test_generate_inputs_are_read_or_refused_in_one_line(tmp_path):
     (tmp_path / "q.txt").write_bytes(b"\xff\xfe")
     with pytest.raises(UserError, match="not UTF-8"):
         read_inputs(tmp_path / "q.txt")
+
+
+def test_demo_engine_choice(monkeypatch, capsys, tmp_path):
+    """`demo --engine`: auto takes llama.cpp only on a machine without a GPU that has the extra; asking for llama.cpp
+    without the extra is a one-line error naming the install."""
+    import importlib.util
+
+    import torch
+
+    from writemypaper.demo import resolve_engine
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    assert resolve_engine("auto") == "transformers" and resolve_engine("transformers") == "transformers"
+    assert main(["demo", "--engine", "llama.cpp", "--out", str(tmp_path / "demo")]) == 2
+    assert not (tmp_path / "demo").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "llamacpp" in err[0] and "GGML_NATIVE=OFF" in err[0]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "llama_cpp" else real(name, *a))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_engine("auto") == "llama.cpp"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_engine("auto") == "transformers" and resolve_engine("llama.cpp") == "llama.cpp"

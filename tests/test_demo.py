@@ -6,6 +6,7 @@ import re
 import pytest
 
 from writemypaper.cli import main
+from writemypaper.demo import resolve_engine
 
 pytestmark = pytest.mark.slow
 
@@ -16,6 +17,12 @@ def test_demo_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "report: file://" in printed and "tuned" in printed
     scores = json.loads((out / "eval" / "scores.json").read_text(encoding="utf-8"))
+    refs = [c["model_ref"] for c in scores["columns"].values()]
+    if resolve_engine("auto") == "llama.cpp":  # the llamacpp extra is installed (scripts/test installs it)
+        assert all(r.endswith(".gguf") for r in refs), refs
+        assert (out / "gguf-tuned" / "Modelfile").is_file() and "tuned GGUF:" in printed
+    else:
+        assert all(not r.endswith(".gguf") for r in refs), refs
     columns = ["base · plain", "base · grounded", "tuned · plain", "tuned · grounded"]
     assert scores["models"] == columns and scores["n_samples"] == 2
     assert "kiwipiepy" in scores["tokenization"]
@@ -35,4 +42,5 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert metrics["global_step"] == 3
     html = (out / "eval" / "report.html").read_text(encoding="utf-8")
     assert "<svg" in html or "data:image/png" in html
+    assert 'id="loss"' in html  # the training curve, found through the GGUF export's record of its run too
     assert scores["samples"][0]["summary"][:10] in html  # Korean text is in the page

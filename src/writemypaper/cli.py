@@ -383,6 +383,10 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the preset's)")
     p.add_argument("--eval-samples", type=_positive_int, default=8, help="held-out pairs to evaluate")
     p.add_argument("--max-new-tokens", type=_positive_int, default=192, help="longest generated abstract")
+    p.add_argument("--engine", choices=("auto", "transformers", "llama.cpp"), default="auto",
+                   help="what decodes the evaluation: llama.cpp runs q8_0 GGUF exports of base and tuned (1.4x "
+                        "transformers' tokens/s on a CPU, same quality; needs the llamacpp extra); auto picks it on "
+                        "a machine without a GPU when the extra is installed, transformers otherwise")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="cpu-demo preset overrides")
 
 
@@ -390,7 +394,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
     """the whole pipeline offline on the embedded model and sample corpus (a few minutes on a CPU)
 
     Prepare the sample corpus, fine-tune the embedded Gemma 3 270M with the cpu-demo preset, evaluate base against
-    tuned on held-out pairs and write the report. Runs offline; uses a GPU if present.
+    tuned on held-out pairs and write the report. Runs offline; uses a GPU if present. On a CPU with the llamacpp
+    extra, base and tuned are exported to q8_0 GGUF and decoded by llama.cpp; the tuned GGUF and its Ollama
+    Modelfile stay in OUT/gguf-tuned.
 
     example:
       writemypaper demo --out writemypaper-demo
@@ -398,7 +404,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from writemypaper import demo
 
     demo.demo(out=a.out, steps=a.steps, eval_samples=a.eval_samples, max_new_tokens=a.max_new_tokens,
-              overrides=a.overrides)
+              engine=a.engine, overrides=a.overrides)
     return 0
 
 

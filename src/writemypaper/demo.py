@@ -86,7 +86,7 @@ def demo(out: str = "writemypaper-demo", steps: int | None = None, eval_samples:
         step("export base and tuned to q8_0 GGUF for llama.cpp")
         models = _gguf_models(out_dir, run_dir)
 
-    step(f"evaluate base against tuned on {eval_samples} held-out test pairs ({engine})")
+    step(f"evaluate base vs tuned on {eval_samples} test pairs, {engine}")
     # Two decodings: plain, and with numbers grounded in the summary (the default of generate and serve), so the
     # report shows what grounding changes; best-of-N candidates cost N times the decoding and stay out of the demo.
     ecfg = config.load_config("evaluate", [f"n_samples={eval_samples}", f"generation.max_new_tokens={max_new_tokens}",

@@ -383,7 +383,9 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the preset's)")
     p.add_argument("--eval-samples", type=_positive_int, default=8, help="held-out pairs to evaluate")
     p.add_argument("--max-new-tokens", type=_positive_int, default=192, help="longest generated abstract")
-    p.add_argument("--engine", choices=("auto", "transformers", "llama.cpp"), default="auto",
+    from writemypaper.demo import ENGINES  # a light module: no torch at import
+
+    p.add_argument("--engine", choices=ENGINES, default="auto",
                    help="what decodes the evaluation: llama.cpp runs q8_0 GGUF exports of base and tuned (1.4x "
                         "transformers' tokens/s on a CPU, same quality; needs the llamacpp extra); auto picks it on "
                         "a machine without a GPU when the extra is installed, transformers otherwise")

@@ -142,6 +142,8 @@ class LlamaCppGenerator:
         1,000 tokens for Gemma's 262k), and is freed at the end."""
         if self.path is None:
             raise UserError("the llama.cpp engine computes a reference loss only for a model it loaded from a file")
+        if not samples:
+            return []
         examples = []
         for s in samples:
             full = prompts.render_example(s["summary"], s["reference"], self.instruction, bos="<bos>")

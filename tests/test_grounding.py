@@ -122,6 +122,40 @@ def test_no_numbers_in_the_summary_means_no_digits(embedded_tokenizer, table):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Korean numbers, read as the fact check reads them (writemypaper.numbers): what decoding lets through, the check
+# accepts
+
+
+KOREAN = "예산은 1천2백만 원이고 변화율은 −3.5%, 1,2,9단계, 응답률 ９５％, p<.05, 3~5%였다."
+
+
+@pytest.mark.parametrize("text", ["1천2백만 원", "1200만 원", "12,000,000원", "1,200만 원", "-3.5%", "−3.5%",
+                                  "1,2,9단계", "9단계", "95%", "p<.05", "p<0.05", "3~5%", "3%에서 5%"])
+def test_the_summarys_korean_numbers_can_be_written(embedded_tokenizer, table, text):
+    from writemypaper.factcheck import unsupported_facts
+
+    assert writable(embedded_tokenizer, table, Grounding(table, KOREAN), text)
+    assert unsupported_facts(KOREAN, text) == []  # and the fact check accepts what decoding wrote
+
+
+@pytest.mark.parametrize("text", ["1억 원", "2백만 원", "12만 원", "3.5%", "+3.5%", "p<.5", "1,2,8단계", "6%"])
+def test_scale_words_signs_and_leading_points_are_held_too(embedded_tokenizer, table, text):
+    # 1 and 2 are digits of the summary, but 1억 and 2백만 are not its values; 3.5% flips −3.5%'s sign.
+    assert not writable(embedded_tokenizer, table, Grounding(table, KOREAN), text)
+
+
+def test_a_sign_flip_or_a_scale_word_is_refused(embedded_tokenizer, table):
+    tok, g = embedded_tokenizer, Grounding(table, "변화율은 3.5% 증가하였고 응답자는 3명, 12.5만 명이었다.")
+    assert writable(tok, table, g, "3.5%") and writable(tok, table, g, "125,000명")
+    assert not writable(tok, table, g, "-3.5%") and not writable(tok, table, g, "−3.5%")
+    assert not writable(tok, table, g, "3만 명")  # the digit 3 is the summary's, 30,000 is not
+    assert writable(tok, table, g, "3명, 3-3.5%")  # a hyphen after a digit is no sign but a range
+    # Tokens that carry a scale word are read through: after "3" no token may write "3억" or "3만".
+    mode, ids = g.constraint("3")
+    assert mode == "ban" and {tok.convert_tokens_to_ids(w) for w in ("억", "만")} <= set(ids)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # the transformers adapter, inside model.generate, with the logits pushed toward numbers
 
 

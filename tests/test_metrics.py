@@ -17,6 +17,7 @@ from writemypaper.metrics import (
     extract_facts,
     faithfulness,
     lcs_length,
+    quantities,
     rouge_l,
     rouge_n,
     rouge_scores,
@@ -450,3 +451,49 @@ def test_import_is_cheap():
             "print('kiwipiepy' in sys.modules, 'matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Korean numbers the fact check once misread (grounded decoding reads them the same way: tests/test_grounding.py)
+
+
+def test_mixed_scales_multiply_once():
+    # 1천2백만 was read as 1,000 + 2,000,000.
+    assert _flagged("예산은 12,000,000원이었다.", "예산은 1천2백만 원이었다.") == []
+    assert _flagged("예산은 2,001,000원이었다.", "예산은 1천2백만 원이었다.") == ["1천2백만 원"]
+    assert _flagged("예산 120,000,000원", "1억 2천만 원, 1.2억 원, 1억2천만 원") == []
+    assert _flagged("125,000명", "12.5만 명") == []
+
+
+def test_a_sign_is_part_of_the_value():
+    # −3.5% (U+2212) and -3.5% were supported by 3.5%: a sign flip is another claim.
+    assert _flagged("변화율은 3.5%였다.", "변화율은 −3.5%, -3.5%였다.") == ["−3.5%", "-3.5%"]
+    assert _flagged("변화율은 −3.5%였다.", "변화율은 -3.5%였다.") == []
+    assert _flagged("변화율은 −3.5%였다.", "변화율은 3.5%였다.") == ["3.5%"]
+    assert _flagged("r=.45", "r=-.45") == ["-.45"]
+    # A hyphen between numbers is a range, not a sign; and COVID-19 writes no -19.
+    assert _flagged("3개에서 5개", "3-5개") == []
+    assert _flagged("−5~−3℃", "5~3℃") == ["5~3℃"]
+
+
+def test_every_member_of_a_list_is_checked():
+    # In 1,2,9단계 only the 1 was checked.
+    assert [v for v, _ in quantities("1,2,9단계")] == [1, 2, 9]
+    assert _flagged("1,2단계", "1,2,9단계") == ["1,2,9"]
+    assert _flagged("1단계, 2단계, 9단계", "1,2,9단계") == []
+    # Exactly three digits after the comma group thousands: 1,234명 is one number.
+    assert quantities("1,234명") == [(1234, "명")]
+    assert _flagged("1234명", "1,234명") == [] and _flagged("1,2,3,4명", "1,234명") == ["1,234명"]
+
+
+def test_full_width_digits_read_as_ascii():
+    assert _flagged("응답률은 95%였다.", "응답률은 ９５％였다.") == []
+    assert _flagged("응답률은 96%였다.", "응답률은 ９５％였다.") == ["９５％"]
+    assert extract_facts("９５％") == [Fact("９５％", "number", 0, 3)]
+
+
+def test_leading_dot_decimals_and_ranges():
+    assert _flagged("p<0.05", "p<.05") == [] and _flagged("p<.05", "p<.5") == [".5"]
+    assert _flagged("3%에서 5%로 늘었다.", "3~5%") == [] and _flagged("3~5%", "3%에서 5%로") == []
+    assert _flagged("３～５％", "3%에서 5%로") == []
+    assert _flagged("3~5%", "3%에서 6%로") == ["6%"]

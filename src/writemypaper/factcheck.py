@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from decimal import Decimal
 
 from writemypaper.morphemes import morphemes
+from writemypaper.numbers import AMOUNT, LIST_SEP, amount_value, fold
 from writemypaper.text import nfc
 
 # A numeric fact is a claim of value(s) and a unit: "3만 명" claims 30000 people, "10∼20%" claims 10% and 20%,
@@ -30,12 +31,9 @@ class Fact:
     end: int
 
 
-# Digits: 1,234.5 / 1234 / .05 (a leading-dot decimal only after a non-word character, as in p<.05 or r=.45).
-_DEC = r"[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?|[0-9]+(?:\.[0-9]+)?|(?<![0-9A-Za-z가-힣.,])\.[0-9]+"
-# Large-number words multiply the number before them; groups add up: 3만 = 30000, 1억 2천만 = 120000000.
-_SCALES = {"조": 10**12, "억": 10**8, "천만": 10**7, "백만": 10**6, "십만": 10**5, "만": 10**4, "천": 1000, "백": 100}
-_SCALE = "|".join(sorted(_SCALES, key=len, reverse=True))
-_AMOUNT = rf"(?:{_DEC})(?:(?:{_SCALE})(?:\s?(?:{_DEC})(?:{_SCALE}))*)?"
+# Amounts (sign, digits, 만/억 with 천/백 mixed, leading-dot decimals) are read by writemypaper.numbers, the grammar
+# grounded decoding reads too; the text is folded first (full-width digits, U+2212) so that offsets stay valid.
+_AMOUNT = AMOUNT
 
 # Spellings of one unit share a canonical name, so 3개국 matches 세 나라 and 25°C matches 25℃; a unit not listed is
 # its own class. 3배 and 3개, 27.3% and 27.3년, 19세 (age) and 19세기 are different claims.
@@ -75,9 +73,13 @@ _UNIT = (
     rf"(?:{_SYMBOL_UNITS}|{_KOREAN_UNITS}|\s(?:{_KOREAN_UNITS}){_WORD_END}|"
     rf" ?(?:{_LATIN_UNITS})(?:²|³)?(?:/(?:{_LATIN_UNITS})(?:²|³)?)?(?![A-Za-z0-9]))"
 )
-_RANGE_SEP = r"\s?[~∼〜～–—-]\s?"
+# A hyphen separates a range only written tight (3-5) or spaced on both sides (3 - 5): in "3 -5" it is a sign.
+_RANGE_SEP = r"\s?[~∼〜–—]\s?| - |-"
+_SEP = rf"{_RANGE_SEP}|{LIST_SEP}"
+# A numeric fact is a range or a list of amounts, each with its unit: 3~5%, 1,2,9단계, 2월~2020년.
 # Not inside a number: after a digit and a point is the decimal part, after a sentence's full stop a new number.
-_NUMERIC = (rf"(?<![0-9,])(?<![0-9]\.)(?:{_AMOUNT})(?:{_UNIT})?(?:{_RANGE_SEP}(?:{_AMOUNT})(?:{_UNIT})?)?"
+_ENDPOINT = rf"(?P<amount>{_AMOUNT})(?P<unit>{_UNIT})?"
+_NUMERIC = (rf"(?<![0-9])(?<![0-9][.,])(?:{_AMOUNT})(?:{_UNIT})?(?:(?:{_SEP})(?:{_AMOUNT})(?:{_UNIT})?)*"
             r"(?![A-Za-z0-9])")
 
 # Native Korean numerals count only before a counter or a countable noun (세 나라, 두 차례, 다섯 가지): alone they
@@ -108,13 +110,15 @@ _QUOTED = "|".join(
 
 
 # One pattern, so facts never overlap: at any position the earlier alternative wins, and a quoted span swallows the
-# numbers and terms inside it. Numbers are tried before Latin terms so that "25mg" is a number and "5G" a term.
+# numbers and terms inside it. Numbers are tried before Latin terms so that "25mg" is a number and "5G" a term; a
+# term that runs into a scale word or a list (A1조, a1,000) leaves its digits to the number, as grounded decoding
+# reads them.
 # Compiled on first use: it is the slowest part of importing this module.
 @functools.cache
 def _fact_re() -> re.Pattern:
     return re.compile(
         rf"(?P<quoted>{_QUOTED})|(?P<numeric>{_NUMERIC})|(?P<native>{_NATIVE_RE})|(?P<sino>{_SINO_RE})"
-        rf"|(?P<latin>(?<![A-Za-z0-9])[0-9]*[A-Za-z][A-Za-z0-9]*(?:[-.][A-Za-z0-9]+)*)"
+        rf"|(?P<latin>(?<![A-Za-z0-9])(?>[0-9]*[A-Za-z][A-Za-z0-9]*(?:[-.][A-Za-z0-9]+)*)(?!,[0-9]|[십백천만억조]))"
         rf"|(?P<hanja>{_HANJA}+)"
     )
 
@@ -126,14 +130,12 @@ def _quantity_re() -> re.Pattern:
 
 
 @functools.cache
-def _range_re() -> re.Pattern:
-    end = rf"(?:{_AMOUNT})(?:{_UNIT})?"
-    return re.compile(rf"(?P<a>{end})(?:{_RANGE_SEP}(?P<b>{end}))?")
+def _endpoint_re() -> re.Pattern:
+    return re.compile(_ENDPOINT)
 
 
-_NUM_RE = re.compile(_DEC)
-_ENDPOINT_RE = re.compile(rf"(?P<amount>{_AMOUNT})\s?(?P<unit>.*)", re.S)
-_SCALED_RE = re.compile(rf"({_DEC})({_SCALE})?")
+_SEP_RE = re.compile(_SEP)
+_NUM_RE = re.compile(r"[0-9]{1,3}(?:,[0-9]{3})+(?![0-9])(?:\.[0-9]+)?|[0-9]+(?:\.[0-9]+)?")
 # Single letters (n=, p<) are variables, and these words are glue, not terms.
 _LATIN_STOP = frozenset("a an the of and or in on at to for by with from as is are vs et al".split())
 
@@ -145,11 +147,17 @@ def _unit(text: str) -> str | None:
     return _CANONICAL_UNIT.get(text, text) if text else None
 
 
-def _endpoint(text: str) -> Claim:
-    m = _ENDPOINT_RE.fullmatch(text.strip())
-    value = sum((Decimal(d.replace(",", "")) * _SCALES.get(s, 1) for d, s in _SCALED_RE.findall(m["amount"])),
-                Decimal(0))
-    return value, _unit(m["unit"])
+def _endpoints(span: str) -> list[Claim]:
+    """Each amount of a numeric match (one, a range's two ends, a list's members) with the unit written after it."""
+    out, pos = [], 0
+    while pos < len(span):
+        m = _endpoint_re().match(span, pos)
+        out.append((amount_value(m["amount"]), _unit(m["unit"] or "")))
+        sep = _SEP_RE.match(span, m.end())
+        if sep is None:
+            break
+        pos = sep.end()
+    return out
 
 
 def _sino_value(text: str) -> int:
@@ -166,10 +174,9 @@ def _sino_value(text: str) -> int:
 def _claims(kind: str, span: str) -> tuple[Claim, ...] | None:
     """The value(s) a numeric match claims, each with its unit; None for a match that is no number after all."""
     if kind == "numeric":
-        m = _range_re().fullmatch(span)
-        parts = [_endpoint(m["a"]), _endpoint(m["b"])] if m and m["b"] else [_endpoint(span)]
-        # A range's unit is written once, mostly at its end (3-5개), sometimes at its start (10%~20); a range of
-        # dates keeps each end's own (2019년 2월~2020년 1월 holds the range 2월~2020년).
+        parts = _endpoints(span)
+        # A range's or list's unit is written once, mostly at its end (3-5개, 1,2,9단계), sometimes at its start
+        # (10%~20); a range of dates keeps each end's own (2019년 2월~2020년 1월 holds the range 2월~2020년).
         shared = parts[-1][1] or parts[0][1]
         return tuple((v, u or shared) for v, u in parts)
     if kind == "native":
@@ -195,7 +202,8 @@ def _numeric_kind(claims: tuple[Claim, ...]) -> str:
 def _facts(text: str) -> tuple[tuple[Fact, tuple[Claim, ...] | None], ...]:
     """Facts of NFC `text`, each with its numeric claims (None for terms)."""
     out = []
-    for m in _fact_re().finditer(text):
+    # Matched on the folded text (same length), so ９５％ reads as 95% while each Fact keeps the text as written.
+    for m in _fact_re().finditer(fold(text)):
         kind, span = m.lastgroup, m.group()
         if kind == "quoted" and not span[1:-1].strip():
             continue
@@ -207,7 +215,7 @@ def _facts(text: str) -> tuple[tuple[Fact, tuple[Claim, ...] | None], ...]:
             if claims is None:
                 continue
             kind = _numeric_kind(claims)
-        out.append((Fact(span, kind, m.start(), m.end()), claims))
+        out.append((Fact(text[m.start():m.end()], kind, m.start(), m.end()), claims))
     return tuple(out)
 
 
@@ -220,7 +228,7 @@ def extract_facts(text: str) -> list[Fact]:
 def quantities(text: str) -> list[Claim]:
     """Every (value, canonical unit) that `text` writes, numbers inside quotes and Latin terms included; digits that
     no numeric pattern reads (the 5 of "5G") count as bare numbers."""
-    text = nfc(text)
+    text = fold(nfc(text))
     out, covered = [], []
     for m in _quantity_re().finditer(text):
         claims = _claims(m.lastgroup, m.group())

@@ -3,148 +3,162 @@
     writemypaper generate "요약문..." --model runs/demo                (on by default; --no-grounding turns it off)
 
 The core (`NumberTable`, `Grounding`) works on token texts and plain ints, so any decoder can use it (a llama.cpp
-logits processor, say); `GroundedNumbers` is the thin transformers adapter. A *number* is a run of digits, '.' and
-',' that starts with a digit. While a run is open it must stay a prefix of one of the summary's numbers in a form it
-may be written in (1,250 and 1250; 0.18; each side of 1670~1671); it may end (at any other character, or at a stop
-token) only where one of those numbers ends, after which one '.' or ',' may follow as punctuation. Gemma's tokenizer
-writes digits one token each, but the vocabulary also has byte tokens that decode to digits and multi-character
-tokens that hold '.' or ',', so every token whose text holds a number character is checked, whatever its length.
+logits processor, say); `GroundedNumbers` is the thin transformers adapter. Numbers are read by the fact check's own
+grammar (writemypaper.numbers): a *run* is what that grammar may read as one amount or list of amounts: a sign where a
+sign counts, digits, '.', ',', 만/억/조 and 천/백/십 after digits, and one space after a scale word (1억 2천만).
+While a run is open it must stay a prefix of a form the model may write: the summary's own runs and spellings of the
+values the fact check reads in the summary (1,250 and 1250; 1200만 and 1천2백만; -3.5 but not 3.5 for −3.5). It may
+end (at any other character, or at a stop token) only where one of those forms ends, after which one '.' or ','
+may follow as punctuation. So every number decoding lets through is one the fact check finds in the summary
+(units aside). Gemma's tokenizer writes digits one token each, but the vocabulary also has byte tokens that decode
+to digits and multi-character tokens that hold run characters, so every such token is checked, whatever its length.
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from typing import Iterable, Mapping, Sequence
 
-NUMBER_CHARS = frozenset("0123456789.,")
-DIGITS = frozenset("0123456789")
+from writemypaper.numbers import DIGITS, OPENERS, SCALE_CHARS, SIGNS, fold, read_run, spellings
+
+NUMBER_CHARS = DIGITS | frozenset(".,")
+RUN_CHARS = NUMBER_CHARS | SCALE_CHARS | SIGNS
+_SMALL = frozenset("십백천")
 _PUNCT = ".,"
-_RUN = re.compile(r"[0-9][0-9.,]*")
-_THOUSANDS = re.compile(r"[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?")
-_PLAIN = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 
 def _other_digit(text: str) -> bool:
-    """A decimal digit of another script (Bengali, full-width...): it would write a number we cannot check."""
+    """A decimal digit of another script (Bengali...; full-width ones fold to ASCII): a number we cannot check."""
     return any(c.isdecimal() and c not in DIGITS for c in text)
 
 
-def _runs(text: str) -> tuple[list[str], str | None]:
-    """The number runs `text` closes, and the one still open at its end, reading it from outside any number."""
-    closed, current = [], None
+def _continues(run: str, c: str) -> bool:
+    """Does character `c` carry on the open `run`, as the numbers grammar would read on?"""
+    last = run[-1]
+    if not DIGITS & set(run):  # a sign, a lone leading point, or both: only a digit (or the point) makes it a number
+        return c in DIGITS or (c == "." and last in SIGNS)
+    if c in DIGITS:
+        return True
+    if last == " ":  # after "1억 " only a digit goes on
+        return False
+    if c in _PUNCT:
+        return last in DIGITS
+    if c in SCALE_CHARS:
+        return last in DIGITS or (c not in _SMALL and last in _SMALL)
+    return c == " " and last in SCALE_CHARS
+
+
+def scan(text: str, run: str | None) -> tuple[list[str], str | None]:
+    """Read `text` on from state `run`: the open run (a non-empty string), "" (outside a number, after a character
+    where a sign or leading point starts one) or None (outside, after any other character). Returns the runs that
+    `text` closes and the state at its end."""
+    closed = []
     for c in text:
-        if current is not None:
-            if c in NUMBER_CHARS:
-                current += c
+        if run:
+            if _continues(run, c):
+                run += c
                 continue
-            closed.append(current)
-            current = None
-        if c in DIGITS:
-            current = c
-    return closed, current
+            closed.append(run)
+            run = "" if run[-1] in OPENERS else None
+        if c in DIGITS or (run == "" and (c in SIGNS or c == ".")):
+            run = c
+        else:
+            run = "" if c in OPENERS else None
+    return closed, run
 
 
-def written_forms(number: str) -> set[str]:
-    """The ways one number of the summary may be written: as written, with and without thousands separators, and
-    without trailing decimal zeros. A run that is no well-formed number ("1,2,3") also allows its parts."""
-    forms = {number}
-    if _THOUSANDS.fullmatch(number):
-        forms.add(number.replace(",", ""))
-    elif _PLAIN.fullmatch(number):
-        whole, dot, frac = number.partition(".")
-        if len(whole) >= 4:
-            forms.add(f"{int(whole):,}" + dot + frac)
-    else:
-        forms.update(p for p in re.split(r"[.,]", number) if p)
-    for f in list(forms):
-        if "." in f:
-            trimmed = f.rstrip("0").rstrip(".")
-            if trimmed and trimmed[-1].isdigit():
-                forms.add(trimmed)
-    return forms
-
-
-def summary_numbers(summary: str) -> set[str]:
-    """Every written form of every number in `summary` (full-width digits read as ASCII ones)."""
-    text = unicodedata.normalize("NFKC", summary)
-    forms: set[str] = set()
-    for m in _RUN.finditer(text):
-        forms |= written_forms(m.group().rstrip(_PUNCT))
-    return forms
+def _relevant(text: str) -> bool:
+    return bool(RUN_CHARS & set(text)) or _other_digit(text) or text[-1:] in OPENERS
 
 
 class NumberTable:
-    """What the constraint needs to know about one tokenizer, computed once: the text of each token that holds a
-    number character (or a digit of another script), and which tokens decode to nothing (special tokens).
+    """What the constraint needs to know about one tokenizer, computed once: the (folded) text of each token that
+    could open, carry or close a number or set a sign's context, and which tokens decode to nothing (specials).
 
-    texts: token id -> decoded text, for those tokens only; every other token is taken to hold no number character.
+    texts: token id -> decoded text; tokens not given, or holding none of those characters, are taken as plain text.
     """
 
     def __init__(self, texts: Mapping[int, str], empty_ids: Iterable[int] = ()):
-        self.texts = {int(i): t for i, t in texts.items() if t}
         self.empty = frozenset(int(i) for i in empty_ids) | {int(i) for i, t in texts.items() if not t}
+        self.texts = {int(i): fold(t) for i, t in texts.items() if t and _relevant(fold(t))}
         self.foreign = tuple(sorted(i for i, t in self.texts.items() if _other_digit(t)))
         foreign = set(self.foreign)
-        numeric = {i: t for i, t in self.texts.items() if i not in foreign and NUMBER_CHARS & set(t)}
-        # For each token: its lead (the number characters it starts with), the runs its text closes and leaves open
-        # when read from outside a number, and the same for what follows the lead.
-        self.fresh: dict[int, tuple[list[str], str | None]] = {}
-        self.leads: dict[str, tuple[list[int], list[int]]] = {}  # lead -> (tokens that are only it, the others)
-        self.rest: dict[int, tuple[list[str], str | None]] = {}
-        for i, t in numeric.items():
-            self.fresh[i] = _runs(t)
-            lead = t[:len(t) - len(t.lstrip("".join(NUMBER_CHARS)))]
-            if lead:
-                whole, longer = self.leads.setdefault(lead, ([], []))
-                if lead == t:
-                    whole.append(i)
-                else:
-                    longer.append(i)
-                    self.rest[i] = _runs(t[len(lead):])
+        # How each token reads from outside a number, after a plain character (None) and after an opener ("").
+        self.fresh = {None: {}, "": {}}
+        self.continuing: list[int] = []  # tokens whose first character may carry an open run on
+        for i, t in self.texts.items():
+            if i in foreign:
+                continue
+            for state, reads in self.fresh.items():
+                reads[i] = scan(t, state)
+            if t[0] in NUMBER_CHARS or t[0] in SCALE_CHARS or t[0] == " ":
+                self.continuing.append(i)
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> "NumberTable":
         """For a transformers tokenizer. Candidates are found on the raw token strings (fast), then decoded one by
         one: byte tokens such as <0x35> decode to a digit, special tokens to nothing."""
         raw = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-        candidates = [i for i, s in enumerate(raw) if s and (NUMBER_CHARS & set(s) or _other_digit(s))]
+        candidates = [i for i, s in enumerate(raw) if s and (_relevant(fold(s.replace("▁", " "))) or s[:3] == "<0x")]
         decoded = tokenizer.batch_decode([[i] for i in candidates], skip_special_tokens=True)
         special = set(tokenizer.all_special_ids)
         special |= {i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if tok.special}
         return cls(dict(zip(candidates, decoded)), special)
 
     def trailing_run(self, ids: Sequence[int]) -> str | None:
-        """The number still open at the end of the text that `ids` decode to, or None."""
-        tail = ""
+        """The state at the end of the text that `ids` decode to (see `scan`): the open run, "" or None."""
+        tail, start = "", None  # a token outside the table ends with a plain character
         for i in reversed(ids):
             i = int(i)
             if i in self.empty:
                 continue
             t = self.texts.get(i)
             if t is None:
-                break  # a token with no number character ends any run
-            tail = t + tail
-            if not NUMBER_CHARS.issuperset(t):
                 break
-        return open_run(tail)
+            tail = t + tail
+        else:
+            start = ""  # the text begins here (after the prompt's newline)
+        return scan(tail, start)[1]
 
 
 def open_run(text: str) -> str | None:
-    """The number still open at the end of `text`, or None: its trailing number characters from their first digit."""
-    k = len(text)
-    while k and text[k - 1] in NUMBER_CHARS:
-        k -= 1
-    tail = text[k:]
-    start = next((j for j, c in enumerate(tail) if c in DIGITS), None)
-    return None if start is None else tail[start:]
+    """The state at the end of `text` read from its start: the open run, "" or None (see `scan`)."""
+    return scan(fold(text), "")[1]
+
+
+def written_forms(number: str) -> set[str]:
+    """The ways one run of the summary may be written: as written (trailing '.' and ',' dropped), and every spelling
+    of each value it holds ("1,250" -> 1,250 and 1250; "27.30" -> 27.30 and 27.3); a list ("1,2,9") also allows
+    its members. Nothing for a run the numbers grammar does not read."""
+    number = fold(number).rstrip(_PUNCT + " ")
+    values = read_run(number)
+    if values is None:
+        return set()
+    return {number}.union(*(spellings(v) for v in values))
+
+
+def summary_values(summary: str) -> set:
+    """The values the fact check reads in `summary` (writemypaper.factcheck.quantities), signs included."""
+    from writemypaper.factcheck import quantities
+
+    return {v for v, _ in quantities(summary)}
+
+
+def summary_numbers(summary: str) -> set[str]:
+    """Every form the model may write a number of `summary` in: its runs as written and the spellings of every value
+    the fact check reads in it (full-width digits as ASCII ones), each reading back to values the summary has."""
+    values = summary_values(summary)
+    closed, still_open = scan(fold(summary), "")
+    forms = set().union(*(written_forms(r) for r in closed + [still_open or ""] if DIGITS & set(r)))
+    forms |= set().union(*(spellings(v) for v in values))
+    return {f for f in forms if set(read_run(f) or [None]) <= values}
 
 
 class Grounding:
-    """The constraint for one summary. `constraint(run, budget)` says which next tokens are allowed when `run` is the
-    number open at the end of the text so far (None outside a number) and `budget` tokens are left to write (None:
-    plenty): ("ban", ids) or ("allow", ids). Near the end of the budget a number may start or go on only if it can
-    still be finished, one character a token, so that a length cut never leaves "20" of "2015" behind."""
+    """The constraint for one summary. `constraint(run, budget)` says which next tokens are allowed in state `run`
+    (see `scan`: the number open at the end of the text so far, or "" / None outside one) when `budget` tokens are
+    left to write (None: plenty): ("ban", ids) or ("allow", ids). Near the end of the budget a number may start or
+    go on only if it can still be finished, one character a token, so that a length cut never leaves "20" of
+    "2015" behind."""
 
     def __init__(self, table: NumberTable, summary: str):
         self.table = table
@@ -158,8 +172,8 @@ class Grounding:
         self._cache: dict[tuple[str | None, int | None], tuple[str, tuple[int, ...]]] = {}
 
     def ended_ok(self, run: str) -> bool:
-        """May the number end here? Trailing '.' and ',' are punctuation, not part of it."""
-        return run.rstrip(_PUNCT) in self.forms
+        """May the number end here? Trailing '.', ',' and a space are not part of it; a sign alone is no number."""
+        return not DIGITS & set(run) or run.rstrip(_PUNCT + " ") in self.forms
 
     def open_ok(self, run: str) -> bool:
         return run in self.prefixes or self.ended_ok(run)
@@ -171,7 +185,7 @@ class Grounding:
     def _text_ok(self, runs: tuple[list[str], str | None], left: int | None = None) -> bool:
         closed, still_open = runs
         return all(self.ended_ok(r) for r in closed) and (
-            still_open is None or (self.open_ok(still_open) and self._left_ok(still_open, left)))
+            not still_open or (self.open_ok(still_open) and self._left_ok(still_open, left)))
 
     def constraint(self, run: str | None, budget: int | None = None) -> tuple[str, tuple[int, ...]]:
         if budget is not None and budget > self.longest + 1:
@@ -183,35 +197,28 @@ class Grounding:
 
     def _constraint(self, run: str | None, left: int | None) -> tuple[str, tuple[int, ...]]:
         t = self.table
-        if run is not None and not self.open_ok(run):
+        if run and not self.open_ok(run):
             run = None  # not reachable under the constraint (the text came from elsewhere): judge what follows only
-        if run is None:
-            banned = [i for i, runs in t.fresh.items() if not self._text_ok(runs, left)]
+        if not run:
+            banned = [i for i, runs in t.fresh[run].items() if not self._text_ok(runs, left)]
             return "ban", tuple(sorted(banned + list(t.foreign)))
-        ok = []  # tokens that start with number characters: the lead extends the open run
-        for lead, (whole, longer) in t.leads.items():
-            extended = run + lead
-            if self.open_ok(extended) and self._left_ok(extended, left):
-                ok += whole
-            if longer and self.ended_ok(extended):
-                ok += [i for i in longer if self._text_ok(t.rest[i], left)]
+        # Tokens that carry the run on are read through; any other token first closes it (which needs it ended).
+        after = "" if run[-1] in OPENERS else None
+        carried = {i for i in t.continuing if _continues(run, t.texts[i][0])}
+        ok = [i for i in carried if self._text_ok(scan(t.texts[i], run), left)]
         if not self.ended_ok(run) and ok:
             # The number is unfinished: only tokens that continue it may follow (no stop, no other text).
             return "allow", tuple(sorted(ok))
         # Finished, or (in a vocabulary with no token to go on with) stuck: other text may follow, no wrong number.
         ok_set = set(ok)
-        banned = [i for i, runs in t.fresh.items()
-                  if not ((i in ok_set) if _starts_with_number(t.texts[i]) else self._text_ok(runs, left))]
+        banned = [i for i, runs in t.fresh[after].items()
+                  if not ((i in ok_set) if i in carried else self._text_ok(runs, left))]
         return "ban", tuple(sorted(banned + list(t.foreign)))
 
     def allows(self, text: str) -> bool:
         """Could the constraint have let `text` be written, in full (its last number ended)? For tests and checks."""
-        closed, still_open = _runs(text)
+        closed, still_open = scan(fold(text), "")
         return self._text_ok((closed + ([still_open] if still_open else []), None))
-
-
-def _starts_with_number(text: str) -> bool:
-    return text[:1] in NUMBER_CHARS
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -169,6 +169,14 @@ BAD = {
     "n over candidates": (OK | {"candidates": 2, "n": 3}, 400, "n", None),
     "grounded a string": (OK | {"grounded": "yes"}, 400, "grounded", "invalid_type"),
     "unknown model": (OK | {"model": "gpt-4o"}, 404, "model", "model_not_found"),
+    "temperature too small to sample": (OK | {"temperature": 2.2250738585072014e-308}, 400, "temperature", None),
+    "n over 1 with greedy": (OK | {"n": 2, "temperature": 0}, 400, "n", None),
+    "lone surrogate": ('{"messages": [{"role": "user", "content": "\\ud800"}], "max_tokens": 4}', 400,
+                       "messages.0.content", None),
+    "unsupported parameter": (OK | {"logit_bias": {"1": 5}}, 400, "logit_bias", "unsupported_parameter"),
+    "presence_penalty not 0": (OK | {"presence_penalty": 0.5}, 400, "presence_penalty", "unsupported_parameter"),
+    "stop empty": (OK | {"stop": [""]}, 400, "stop", None),
+    "stop five strings": (OK | {"stop": list("abcde")}, 400, "stop", None),
 }
 
 
@@ -206,6 +214,63 @@ def test_the_client_library_sees_openai_errors(client):
     assert e.value.status_code == 400 and e.value.body["param"] == "max_tokens"
     with pytest.raises(openai.NotFoundError):
         chat(client, model="no-such-model")
+
+
+def stop_inside(text: str) -> str:
+    """A stop string that occurs in `text` after its first few characters."""
+    at = max(2, len(text) // 2)
+    return text[at:at + 2]
+
+
+def test_stop_ends_the_text_plain_and_streamed(client):
+    """Real model, greedy: the text with `stop` is the text without it, cut before the stop string."""
+    full = chat(client, max_tokens=16, temperature=0).choices[0].message.content
+    assert len(full) >= 4, full
+    stop = stop_inside(full)
+    r = chat(client, max_tokens=16, temperature=0, stop=[stop, "어디에도 없는 문자열"])
+    expected = full[:full.index(stop)].strip()
+    assert r.choices[0].message.content == expected and r.choices[0].finish_reason == "stop"
+    assert r.usage.completion_tokens < 16
+    chunks = list(chat(client, max_tokens=16, temperature=0, stop=stop, stream=True))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed.strip() == expected and stop not in streamed
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    # The completions route too.
+    r = client.completions.create(model=MODEL, prompt=SUMMARY, max_tokens=16, temperature=0, stop=stop)
+    assert r.choices[0].text == expected and r.choices[0].finish_reason == "stop"
+
+
+def test_no_fact_check_never_loads_kiwi(generator, monkeypatch):
+    """serve --no-fact-check: answers carry no fact check, and nothing imports kiwipiepy or loads Kiwi's model (an
+    88 MB package the GPU machine cannot hold)."""
+    import sys
+
+    from writemypaper import morphemes
+
+    loads, real = [], morphemes._kiwi
+
+    def kiwi():
+        loads.append(1)
+        return real()
+
+    monkeypatch.setattr(morphemes, "_kiwi", kiwi)
+    with monkeypatch.context() as blocked:
+        blocked.setattr(morphemes, "_kiwi_instance", None)
+        blocked.setitem(sys.modules, "kiwipiepy", None)  # an import now fails
+        with serving(create_app(generator, LIMITS, model_name=MODEL, fact_check=False)) as base:
+            client = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=300)
+            r = chat(client)
+            assert r.choices[0].message.content and "writemypaper" not in (r.choices[0].model_extra or {})
+            r = client.completions.create(model=MODEL, prompt=SUMMARY, max_tokens=4, n=2, temperature=1.0)
+            assert len(r.choices) == 2 and all("writemypaper" not in (c.model_extra or {}) for c in r.choices)
+            assert "".join(c.choices[0].delta.content or "" for c in chat(client, stream=True) if c.choices)
+            assert httpx.get(f"{base}/health").json()["fact_check"] is False
+    assert not loads, "Kiwi was loaded by a server without the fact check"
+    # The same spy sees a server with the fact check use Kiwi.
+    with serving(create_app(generator, LIMITS, model_name=MODEL)) as base:
+        body = {"summary": SUMMARY, "text": f"새 문장 {time.time_ns()}"}
+        assert httpx.post(f"{base}/v1/writemypaper/check", json=body).status_code == 200
+    assert loads  # morphemes() caches by text, hence a text never seen before
 
 
 def test_check_endpoint(url):

@@ -176,3 +176,25 @@ def test_the_page_asks_for_the_key_once_and_sends_it(browser, keyed_url):
     page.click("#write")
     page.wait_for_selector("#output mark", timeout=30_000)
     context.close()
+
+
+def test_the_page_starts_at_the_server_default_and_says_when_the_length_cut_the_abstract(page, page_url):
+    import httpx
+
+    defaults = httpx.get(f"{page_url}/health").json()["defaults"]
+    page.wait_for_selector("#model:not(:empty)")  # /health has been read
+    assert page.input_value("#max-tokens") == str(defaults["max_tokens"])
+    # A limit far below the abstract's length: the server answers finish_reason "length", and the page says so.
+    page.fill("#summary", SUMMARY)
+    page.fill("#max-tokens", "4")
+    page.click("#write")
+    page.wait_for_selector("#output mark", timeout=30_000)
+    page.wait_for_selector("#output.cut")
+    assert "잘렸습니다" in page.text_content("#status")
+    # Every mark is labelled by its kind, in the server's words ("1999년" is a year).
+    assert page.get_attribute("#output mark >> nth=0", "title") == "요약에 없는 연도: 확인하세요"
+    # Within the limit: no such note.
+    page.fill("#max-tokens", str(defaults["max_tokens"]))
+    page.click("#write")
+    page.wait_for_selector("#output:not(.cut) mark", timeout=30_000)
+    assert "잘렸습니다" not in page.text_content("#status")

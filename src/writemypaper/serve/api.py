@@ -16,19 +16,26 @@ from typing import Callable
 from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 
-from writemypaper import metrics
 from writemypaper.errors import UserError
 from writemypaper.generate import FACT_CHECK_LOCK, GenerationSettings
 from writemypaper.serve.errors import ApiError, error_body
-from writemypaper.serve.limits import chat_summary, check_summary, nfc, request_settings
+from writemypaper.serve.limits import chat_summary, check_summary, nfc, request_settings, request_stops
 from writemypaper.serve.scheduler import END, Job
-from writemypaper.serve.schemas import ChatRequest, CheckRequest, CompletionRequest
+from writemypaper.serve.schemas import (ChatCompletion, ChatCompletionChunk, ChatRequest, CheckRequest,
+                                        CheckResponse, Completion, CompletionChunk, CompletionRequest, ErrorResponse,
+                                        ModelList, event_stream)
 
-router = APIRouter(prefix="/v1")
+# Every route's 4xx is an OpenAI-shaped error (errors.py); the OpenAPI schema says so. A body that fails validation
+# is a 400 too, so FastAPI's 422 is not documented.
+ERRORS = {"4XX": {"model": ErrorResponse, "description": "the request was refused; the body says why"}}
+
+router = APIRouter(prefix="/v1", responses=ERRORS)
 
 
 def check(summary: str, text: str) -> dict:
     """metrics.faithfulness on NFC text, with that text: the facts' offsets index it."""
+    from writemypaper import metrics  # Kiwi comes with it: a server without the fact check never imports it
+
     text = nfc(text)
     # One Kiwi instance serves the process; the ranking of candidates uses it too, on the model's thread.
     with FACT_CHECK_LOCK:
@@ -39,16 +46,18 @@ def check(summary: str, text: str) -> dict:
 # routes
 
 
-@router.get("/models")
+@router.get("/models", response_model=None, responses={200: {"model": ModelList}})
 async def models(request: Request):
     state = request.app.state
     return {"object": "list", "data": [{"id": state.model_name, "object": "model", "created": state.started,
                                         "owned_by": "writemypaper"}]}
 
 
-@router.post("/writemypaper/check")
+@router.post("/writemypaper/check", response_model=None, responses={200: {"model": CheckResponse}})
 async def check_text(req: CheckRequest, request: Request):
     """The facts of `text` that `summary` does not support, with offsets into the returned NFC `text`."""
+    if not request.app.state.fact_check:
+        raise ApiError(404, "this server runs without the fact check (serve --no-fact-check)", code="fact_check_off")
     limits = request.app.state.limits
     summary = check_summary(req.summary, limits, "summary")
     if len(req.text) > limits.max_text_chars:
@@ -56,12 +65,14 @@ async def check_text(req: CheckRequest, request: Request):
     return await asyncio.to_thread(check, summary, req.text)
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", response_model=None,
+             responses={200: {"model": ChatCompletion, "content": event_stream(ChatCompletionChunk),
+                                   "description": "JSON, or server-sent events with stream"}})
 async def chat(req: ChatRequest, request: Request):
     state = request.app.state
     _check_model(state, req.model)
     summary = check_summary(chat_summary(req.messages), state.limits, "messages")
-    settings = request_settings(req, state.limits)
+    settings, stops = _settings(req, state)
     rid, created, name = _new_id("chatcmpl"), int(time.time()), state.model_name
     if req.stream:
         def chunk(piece, finish):
@@ -69,18 +80,21 @@ async def chat(req: ChatRequest, request: Request):
             return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": name,
                     "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
-        return _stream(state.scheduler, summary, settings, chunk, _include_usage(req))
-    [(texts, prompt_tokens, counts)] = await _run_jobs(request, [summary], settings)
+        return _stream(state.scheduler, Job(summary, settings, stream=True, stop=stops), chunk, _include_usage(req))
+    [(texts, prompt_tokens, counts, stopped)] = await _run_jobs(request, [summary], settings, stops)
     texts = [nfc(t) for t in texts]
-    facts = await _checks(summary, texts)
-    return {"id": rid, "object": "chat.completion", "created": created, "model": name,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None,
-                         "finish_reason": _finish(c, settings), "writemypaper": f}
-                        for i, (t, c, f) in enumerate(zip(texts, counts, facts))],
+    facts = await _checks(state, summary, texts)
+    choices = []
+    for i, (t, c, hit, f) in enumerate(zip(texts, counts, stopped, facts)):
+        choices.append({"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None,
+                        "finish_reason": _finish(c, settings, hit), **f})
+    return {"id": rid, "object": "chat.completion", "created": created, "model": name, "choices": choices,
             "usage": _usage(prompt_tokens, sum(counts))}
 
 
-@router.post("/completions")
+@router.post("/completions", response_model=None,
+             responses={200: {"model": Completion, "content": event_stream(CompletionChunk),
+                                   "description": "JSON, or server-sent events with stream"}})
 async def completions(req: CompletionRequest, request: Request):
     state = request.app.state
     _check_model(state, req.model)
@@ -91,23 +105,24 @@ async def completions(req: CompletionRequest, request: Request):
     if req.stream and len(prompts_) != 1:
         raise ApiError(400, "streaming writes one abstract: send one prompt", "prompt")
     summaries = [check_summary(p, limits, "prompt") for p in prompts_]
-    settings = request_settings(req, limits)
+    settings, stops = _settings(req, state)
     rid, created, name = _new_id("cmpl"), int(time.time()), state.model_name
     if req.stream:
         def chunk(piece, finish):
             return {"id": rid, "object": "text_completion", "created": created, "model": name,
                     "choices": [{"index": 0, "text": piece or "", "logprobs": None, "finish_reason": finish}]}
 
-        return _stream(state.scheduler, summaries[0], settings, chunk, _include_usage(req))
-    results = await _run_jobs(request, summaries, settings)
+        job = Job(summaries[0], settings, stream=True, stop=stops)
+        return _stream(state.scheduler, job, chunk, _include_usage(req))
+    results = await _run_jobs(request, summaries, settings, stops)
     choices, prompt_total, completion_total = [], 0, 0
-    for summary, (texts, prompt_tokens, counts) in zip(summaries, results):
+    for summary, (texts, prompt_tokens, counts, stopped) in zip(summaries, results):
         texts = [nfc(t) for t in texts]
         prompt_total += prompt_tokens
         completion_total += sum(counts)
-        for t, c, f in zip(texts, counts, await _checks(summary, texts)):
+        for t, c, hit, f in zip(texts, counts, stopped, await _checks(state, summary, texts)):
             choices.append({"index": len(choices), "text": t, "logprobs": None,
-                            "finish_reason": _finish(c, settings), "writemypaper": f})
+                            "finish_reason": _finish(c, settings, hit), **f})
     return {"id": rid, "object": "text_completion", "created": created, "model": name,
             "choices": choices, "usage": _usage(prompt_total, completion_total)}
 
@@ -135,24 +150,36 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def _finish(completion_tokens: int, settings: GenerationSettings) -> str:
-    return "length" if completion_tokens >= settings.max_new_tokens else "stop"
+def _settings(req, state) -> tuple[GenerationSettings, tuple[str, ...]]:
+    settings = request_settings(req, state.limits)
+    if settings.candidates > 1 and not state.fact_check:
+        raise ApiError(400, "candidates are ranked by the fact check, which this server runs without "
+                            "(serve --no-fact-check): send candidates=1", "candidates")
+    return settings, tuple(nfc(s) for s in request_stops(req.stop))
 
 
-async def _checks(summary: str, texts: list[str]) -> list[dict]:
+def _finish(completion_tokens: int, settings: GenerationSettings, stopped: bool = False) -> str:
+    return "length" if completion_tokens >= settings.max_new_tokens and not stopped else "stop"
+
+
+async def _checks(state, summary: str, texts: list[str]) -> list[dict]:
+    """{"writemypaper": the fact check} for each text; {} each when the server runs without it."""
+    if not state.fact_check:
+        return [{} for _ in texts]
     out = []
     for t in texts:
         c = await asyncio.to_thread(check, summary, t)
         del c["text"]
-        out.append(c)
+        out.append({"writemypaper": c})
     return out
 
 
-async def _run_jobs(request: Request, summaries: list[str], settings: GenerationSettings) -> list[tuple]:
+async def _run_jobs(request: Request, summaries: list[str], settings: GenerationSettings,
+                    stops: tuple[str, ...]) -> list[tuple]:
     """Queue one job a summary and wait for them all; a client that hangs up takes its jobs out of the queue."""
     scheduler = request.app.state.scheduler
     loop = asyncio.get_running_loop()
-    jobs = [Job(s, settings, future=loop.create_future()) for s in summaries]
+    jobs = [Job(s, settings, future=loop.create_future(), stop=stops) for s in summaries]
     scheduler.submit(jobs)
     try:
         pending = {j.future for j in jobs}
@@ -169,11 +196,11 @@ async def _run_jobs(request: Request, summaries: list[str], settings: Generation
                 scheduler.cancel(j)
 
 
-def _stream(scheduler, summary: str, settings: GenerationSettings,
-            chunk: Callable[[str | None, str | None], dict], include_usage: bool) -> EventSourceResponse:
+def _stream(scheduler, job: Job, chunk: Callable[[str | None, str | None], dict],
+            include_usage: bool) -> EventSourceResponse:
     """SSE of `chunk(piece, finish_reason)` objects, then usage if asked, then [DONE]. The job is queued
     now, so a full queue is a 429 before any byte is streamed."""
-    job = Job(summary, settings, stream=True, pieces=asyncio.Queue())
+    job.pieces = asyncio.Queue()
     scheduler.submit([job])
 
     def data(obj) -> dict:
@@ -182,23 +209,18 @@ def _stream(scheduler, summary: str, settings: GenerationSettings,
     async def events():
         try:
             yield data(chunk(None, None))
-            begun = False
             while (item := await job.pieces.get()) is not END:
                 if isinstance(item, Exception):
                     yield data(error_body(f"generation failed: {type(item).__name__}", "server_error"))
                     break
                 if isinstance(item, tuple):
-                    prompt_tokens, completion_tokens = item
-                    yield data(chunk("", _finish(completion_tokens, settings)))
+                    prompt_tokens, completion_tokens, stopped = item
+                    yield data(chunk("", _finish(completion_tokens, job.settings, stopped)))
                     if include_usage:
                         usage = _usage(prompt_tokens, completion_tokens)
                         yield data({**chunk("", None), "choices": [], "usage": usage})
                     continue
-                if not begun:  # the same text as a non-streaming response, which is stripped
-                    item = item.lstrip()
-                    begun = bool(item)
-                if item:
-                    yield data(chunk(item, None))
+                yield data(chunk(item, None))  # leading whitespace is gone: StopScanner drops it
             yield {"data": "[DONE]"}
         finally:
             # Reached on [DONE] and when the client disconnects (sse-starlette closes this generator).

@@ -48,9 +48,23 @@ def validation_error(errors: list[dict]) -> ApiError:
     param = ".".join(loc) or None
     if kind == "missing":
         return ApiError(400, f"missing required parameter '{param}'", param, "missing_required_parameter")
+    if kind == "extra_forbidden":
+        # The name is the client's: say it back only if it is short, printable text.
+        if not (param and len(param) <= 64 and param.isprintable() and _encodable(param)):
+            return ApiError(400, "the request holds a parameter this server does not support", None,
+                            "unsupported_parameter")
+        return ApiError(400, f"this server does not support the parameter '{param}'", param, "unsupported_parameter")
     typed = kind.endswith("_type") or kind in ("literal_error", "union_tag_invalid")
     code = "invalid_type" if typed else "invalid_value"
     return ApiError(400, f"{param}: {err['msg']}" if param else err["msg"], param, code)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------------------------

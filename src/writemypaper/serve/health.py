@@ -10,13 +10,20 @@ from dataclasses import asdict
 
 from fastapi import APIRouter, Request
 
+from writemypaper.serve.limits import defaults
+from writemypaper.serve.page import FACT_LABELS
+
 router = APIRouter()
 
 
 @router.get("/health")
 async def health(request: Request):
+    """Also what the page needs to know: the limits, the length and temperature a request gets when it sets none,
+    whether answers carry the fact check, and the words for its kinds of fact."""
     state = request.app.state
     scheduler, limits = state.scheduler, state.limits
+    max_tokens, temperature = defaults(limits)
     return {"status": "ok", "model": state.model_name, "api_key_required": state.api_key_required,
             "queue": {"active": scheduler.active, "waiting": len(scheduler.waiting), "depth": limits.queue_depth},
-            "limits": asdict(limits), "served": scheduler.stats}
+            "limits": asdict(limits), "defaults": {"max_tokens": max_tokens, "temperature": temperature},
+            "fact_check": state.fact_check, "fact_kinds": FACT_LABELS, "served": scheduler.stats}

@@ -13,6 +13,8 @@ from writemypaper.generate import GenerationSettings
 from writemypaper.serve.errors import ApiError
 from writemypaper.text import nfc
 
+# Logits divided by a temperature near 0 overflow to inf, and sampling from them fails; 0 itself decodes greedily.
+MIN_SAMPLING_TEMPERATURE = 0.01
 # The server's names for GenerationSettings' fields, so a 400 names the field the client sent.
 PARAMS = {"max_new_tokens": "max_tokens", "num_return_sequences": "n"}
 
@@ -71,6 +73,13 @@ def check_summary(text: str, limits: Limits, param: str) -> str:
     return text
 
 
+def defaults(limits: Limits) -> tuple[int, float]:
+    """The max_tokens and temperature of a request that sets neither: GenerationSettings', within the limits."""
+    base = GenerationSettings()
+    return (min(base.max_new_tokens, limits.max_new_tokens),
+            min(max(base.temperature, limits.min_temperature), limits.max_temperature))
+
+
 def request_settings(req, limits: Limits) -> GenerationSettings:
     """The request's sampling fields, checked against the limits; unset ones take GenerationSettings' defaults,
     except the seed: a request without one is sampled afresh, as OpenAI's API does, not with the fixed seed that
@@ -79,15 +88,20 @@ def request_settings(req, limits: Limits) -> GenerationSettings:
     # Chat clients now send max_completion_tokens (max_tokens is its deprecated name there).
     name = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) is not None else "max_tokens"
     max_tokens = getattr(req, name)
+    default_tokens, default_temperature = defaults(limits)
     if max_tokens is None:
-        max_tokens = min(base.max_new_tokens, limits.max_new_tokens)
+        max_tokens = default_tokens
     if not 1 <= max_tokens <= limits.max_new_tokens:
         raise ApiError(400, f"{name}={max_tokens} is not in [1, {limits.max_new_tokens}]", name)
     lo, hi = limits.min_temperature, limits.max_temperature
-    temperature = min(max(base.temperature, lo), hi) if req.temperature is None else req.temperature
+    temperature = default_temperature if req.temperature is None else req.temperature
     if not lo <= temperature <= hi:
         raise ApiError(400, f"temperature={temperature} is not in [{lo}, {hi}]", "temperature")
+    if 0 < temperature < MIN_SAMPLING_TEMPERATURE:
+        raise ApiError(400, f"temperature={temperature} is too small to sample with: send 0 for greedy decoding, or "
+                            f"at least {MIN_SAMPLING_TEMPERATURE}", "temperature")
     _check_counts(req, limits, temperature, base)
+    _check_neutral(req)
     settings = GenerationSettings(
         max_new_tokens=max_tokens, temperature=temperature, num_return_sequences=req.n, seed=req.seed,
         top_p=base.top_p if req.top_p is None else req.top_p,
@@ -112,6 +126,9 @@ def _check_counts(req, limits: Limits, temperature: float, base: GenerationSetti
         raise ApiError(400, f"seed={req.seed} is not in [0, 2^63)", "seed")
     if req.stream and req.n != 1:
         raise ApiError(400, "streaming writes one abstract: n must be 1", "n")
+    if req.n > 1 and temperature == 0:
+        raise ApiError(400, f"n={req.n} needs sampling: greedy decoding (temperature 0) writes one abstract only; "
+                            "set temperature above 0 or n=1", "n")
     candidates = base.candidates if req.candidates is None else req.candidates
     if not 1 <= candidates <= most:
         raise ApiError(400, f"candidates={candidates} is not in [1, {most}]", "candidates")
@@ -122,3 +139,27 @@ def _check_counts(req, limits: Limits, temperature: float, base: GenerationSetti
             raise ApiError(400, "candidates need sampling: temperature must be above 0", "candidates")
         if req.n > candidates:
             raise ApiError(400, f"n={req.n} is more than candidates={candidates}", "n")
+
+
+def _check_neutral(req) -> None:
+    """OpenAI's fields this server accepts only at their neutral value: any other value would be ignored."""
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(req, name) not in (None, 0):
+            raise ApiError(400, f"{name} is not supported here (only 0); use repetition_penalty", name,
+                           "unsupported_parameter")
+    if req.logprobs:
+        raise ApiError(400, "logprobs are not returned by this server: leave logprobs unset", "logprobs",
+                       "unsupported_parameter")
+
+
+MAX_STOPS, MAX_STOP_CHARS = 4, 64
+
+
+def request_stops(stop: str | list[str] | None) -> tuple[str, ...]:
+    """The request's stop strings: OpenAI's up to 4, none empty (an empty one would end every text at once)."""
+    stops = () if stop is None else (stop,) if isinstance(stop, str) else tuple(stop)
+    if len(stops) > MAX_STOPS:
+        raise ApiError(400, f"stop holds {len(stops)} strings; at most {MAX_STOPS}", "stop")
+    if any(not 1 <= len(s) <= MAX_STOP_CHARS for s in stops):
+        raise ApiError(400, f"each stop string must be 1 to {MAX_STOP_CHARS} characters", "stop")
+    return stops

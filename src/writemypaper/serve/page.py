@@ -18,9 +18,16 @@ PAGE_FILES = {
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/static/style.css": ("style.css", "text/css; charset=utf-8"),
 }
-# Everything the page loads comes from this server; the browser enforces it.
+# Everything the page loads comes from this server; the browser enforces it. Only Colab may frame it: its
+# serve_kernel_port_as_iframe shows the page in an output frame on *.googleusercontent.com inside
+# colab.research.google.com, and frame-ancestors must allow every ancestor.
+FRAME_ANCESTORS = "'self' https://colab.research.google.com https://*.googleusercontent.com"
 PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
-            "font-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+            f"font-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors {FRAME_ANCESTORS}")
+# The page's word for each kind of fact the fact check emits (writemypaper.factcheck.Fact.kind); /health sends
+# them, so the page holds no list of its own. tests/test_serve_app.py checks that no kind lacks one.
+FACT_LABELS = {"number": "숫자", "year": "연도", "century": "세기", "quoted": "인용구", "latin": "영문 용어",
+               "hanja": "한자어"}
 HEADERS = {"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
 
 

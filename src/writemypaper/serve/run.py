@@ -48,8 +48,9 @@ def main(model: str | None = None, host: str = "127.0.0.1", port: int = 8000, pr
          max_input_chars: int = Limits.max_input_chars, max_new_tokens: int = Limits.max_new_tokens,
          min_temperature: float = Limits.min_temperature, max_temperature: float = Limits.max_temperature,
          queue_depth: int = Limits.queue_depth, max_batch_size: int = Limits.max_batch_size,
-         api_key: str | None = None, allow_no_key: bool = False) -> None:
-    """Load the model once and serve the OpenAI-compatible API and the page until interrupted."""
+         api_key: str | None = None, allow_no_key: bool = False, fact_check: bool = True) -> None:
+    """Load the model once and serve the OpenAI-compatible API and the page until interrupted. fact_check=False
+    serves without Kiwi (see create_app)."""
     import os
 
     import uvicorn
@@ -62,7 +63,8 @@ def main(model: str | None = None, host: str = "127.0.0.1", port: int = 8000, pr
                         "WRITEMYPAPER_API_KEY), or --allow-no-key to serve it without one")
     _check_port(host, port)
     name = _served_name(model)
-    app = create_app(Generator.load(model, precision=precision), limits, model_name=name, api_key=api_key)
+    app = create_app(Generator.load(model, precision=precision), limits, model_name=name, api_key=api_key,
+                     fact_check=fact_check)
     if not api_key and not is_loopback(host):
         print(f"writemypaper: warning: listening on {host} with no API key: anyone who can reach it can use it")
     shown = f"[{host}]" if ":" in host else host

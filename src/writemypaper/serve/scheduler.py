@@ -16,6 +16,7 @@ from writemypaper import prompts
 from writemypaper.generate import GenerationSettings
 from writemypaper.serve.errors import ApiError
 from writemypaper.serve.limits import Limits
+from writemypaper.serve.stops import StopScanner, cut_at_stop
 
 log = logging.getLogger("writemypaper.serve")
 
@@ -27,8 +28,11 @@ class Job:
     summary: str
     settings: GenerationSettings
     stream: bool = False
-    future: asyncio.Future | None = None  # non-streaming: (texts, prompt_tokens, completion_tokens per text)
-    pieces: asyncio.Queue | None = None  # streaming: text pieces, then (prompt_tokens, completion_tokens), then END
+    # non-streaming: (texts, prompt_tokens, completion_tokens per text, whether each ended at a stop string)
+    future: asyncio.Future | None = None
+    # streaming: text pieces, then (prompt_tokens, completion_tokens, ended at a stop string), then END
+    pieces: asyncio.Queue | None = None
+    stop: tuple[str, ...] = ()  # the request's stop strings: each text ends before the first one
     cancelled: threading.Event = field(default_factory=threading.Event)  # read by the model's thread
 
 
@@ -114,9 +118,16 @@ class Scheduler:
 
         def run():
             # Tokenizer work stays on this one thread: a fast tokenizer used from two threads at once can fail.
-            outs = self.generator.generate([j.summary for j in batch], settings, batch_size=len(batch), stop=gone)
-            return [(texts, self._prompt_tokens(j.summary), [self._count(t) for t in texts])
-                    for j, texts in zip(batch, outs)]
+            # A client that leaves ends its own row (cancelled); the batch stops only once every row's client is gone.
+            outs = self.generator.generate([j.summary for j in batch], settings, batch_size=len(batch), stop=gone,
+                                           cancelled=lambda i: batch[i].cancelled.is_set())
+            results = []
+            for j, texts in zip(batch, outs):
+                cut = [cut_at_stop(t, j.stop) for t in texts]
+                texts = [t.strip() for t, _ in cut]
+                results.append((texts, self._prompt_tokens(j.summary), [self._count(t) for t in texts],
+                                [hit for _, hit in cut]))
+            return results
 
         try:
             results = await asyncio.to_thread(run)
@@ -134,14 +145,22 @@ class Scheduler:
         loop = asyncio.get_running_loop()
 
         def run():
-            text = []
+            text, scan = [], StopScanner(job.stop)
+
+            def send(out: str) -> None:
+                if out and not job.cancelled.is_set():
+                    text.append(out)
+                    loop.call_soon_threadsafe(job.pieces.put_nowait, out)
+
             # A cancelled job keeps draining the stream: the stopping criterion ends it within a token, and the
-            # next job must not start while this generation thread still holds the tokenizer.
-            for piece in self.generator.stream(job.summary, job.settings, stop=job.cancelled.is_set):
-                if piece and not job.cancelled.is_set():
-                    text.append(piece)
-                    loop.call_soon_threadsafe(job.pieces.put_nowait, piece)
-            return self._prompt_tokens(job.summary), self._count("".join(text).strip())
+            # next job must not start while this generation thread still holds the tokenizer. A stop string ends
+            # the generation the same way.
+            for piece in self.generator.stream(job.summary, job.settings,
+                                               stop=lambda: job.cancelled.is_set() or scan.stopped):
+                if piece:
+                    send(scan.feed(piece))
+            send(scan.flush())
+            return self._prompt_tokens(job.summary), self._count("".join(text).strip()), scan.stopped
 
         try:
             job.pieces.put_nowait(await asyncio.to_thread(run))

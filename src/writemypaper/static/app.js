@@ -2,7 +2,10 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const KIND = { number: "숫자", year: "연도", quoted: "인용구", latin: "영문 용어", hanja: "한자어" };
+// The server's words for each kind of fact, and whether it checks facts at all: both come from /health.
+let kinds = {};
+let factCheck = true;
+let defaultTokens = null; // the server's max_tokens for a request that sets none
 let limits = { max_input_chars: 4000, max_new_tokens: 1024, min_temperature: 0, max_temperature: 2 };
 let controller = null; // set while an abstract is being written; the button then stops it
 let abstract = "";
@@ -43,19 +46,25 @@ async function loadLimits() {
   try {
     const health = await (await fetch("/health")).json();
     limits = health.limits;
-    $("model").textContent = `모델: ${health.model}`;
+    kinds = health.fact_kinds;
+    factCheck = health.fact_check;
+    $("model").textContent = `모델: ${health.model}` + (factCheck ? "" : " · 사실 확인 꺼짐");
     if (health.api_key_required && !apiKey) askForKey("이 서버는 API 키가 필요합니다. 키를 입력하세요.");
   } catch {
     return; // the defaults above still let the page work; the server checks every request anyway
   }
-  for (const option of $("candidates").options) option.disabled = Number(option.value) > limits.max_batch_size;
+  // Candidates are ranked by the fact check: without it, one abstract only.
+  for (const option of $("candidates").options)
+    option.disabled = Number(option.value) > (factCheck ? limits.max_batch_size : 1);
+  // The server's own defaults, so the page writes what the API writes for a request that sets nothing.
   const tokens = $("max-tokens");
   tokens.max = limits.max_new_tokens;
-  tokens.value = Math.min(Number(tokens.value), limits.max_new_tokens);
+  defaultTokens = health.defaults.max_tokens;
+  tokens.value = defaultTokens;
   const t = $("temperature");
   t.min = limits.min_temperature;
   t.max = limits.max_temperature;
-  t.value = Math.min(Math.max(Number(t.value), limits.min_temperature), limits.max_temperature);
+  t.value = health.defaults.temperature;
   $("temperature-value").textContent = Number(t.value).toFixed(2);
   updateCount();
 }
@@ -117,7 +126,7 @@ function render(text, unsupported) {
     out.append(cs.slice(at, fact.start).join(""));
     const mark = document.createElement("mark");
     mark.textContent = cs.slice(fact.start, fact.end).join("");
-    mark.title = `요약에 없는 ${KIND[fact.kind] || "사실"}: 확인하세요`;
+    mark.title = `요약에 없는 ${kinds[fact.kind] || "사실"}: 확인하세요`;
     out.append(mark);
     at = fact.end;
   }
@@ -125,6 +134,7 @@ function render(text, unsupported) {
 }
 
 async function highlight(summary, text) {
+  if (!factCheck) return; // the server runs without the fact check: nothing to mark
   setStatus("요약과 대조하는 중…");
   const check = await (await post("/v1/writemypaper/check", { summary, text })).json();
   abstract = check.text;
@@ -141,7 +151,15 @@ async function writeBest(request, candidates, signal) {
   abstract = text;
   render(text, choice.writemypaper.unsupported);
   report(choice.writemypaper);
-  return text;
+  return { text, finish: choice.finish_reason };
+}
+
+// Said after "완료." when the model was stopped by the length limit rather than ending the abstract itself.
+function cutNote(finish, maxTokens) {
+  const cut = finish === "length";
+  $("output").classList.toggle("cut", cut);
+  const limit = maxTokens ? `(${maxTokens.toLocaleString()} 토큰)` : "";
+  return cut ? ` 길이 제한${limit}에서 잘렸습니다. 길이를 늘려 다시 쓰세요.` : "";
 }
 
 async function write(event) {
@@ -161,17 +179,22 @@ async function write(event) {
   out.textContent = "";
   out.classList.add("writing");
   setStatus("쓰는 중…");
+  out.classList.remove("cut");
   let text = "";
+  let finish = null;
   const request = {
-    messages: [{ role: "user", content: summary }], max_tokens: Number($("max-tokens").value),
-    temperature: Number($("temperature").value), grounded: $("grounded").checked,
+    messages: [{ role: "user", content: summary }], temperature: Number($("temperature").value),
+    grounded: $("grounded").checked,
   };
+  // An empty length leaves it to the server's default.
+  if ($("max-tokens").value) request.max_tokens = Number($("max-tokens").value);
+  const maxTokens = request.max_tokens || defaultTokens;
   const candidates = Number($("candidates").value);
   try {
     if (candidates > 1) {
       if (request.temperature === 0) throw new Error("후보를 여럿 쓰려면 온도가 0보다 커야 합니다.");
-      text = await writeBest(request, candidates, controller.signal);
-      setStatus(`완료. 후보 ${candidates}편 중 요약에 가장 충실한 초록입니다.`);
+      ({ text, finish } = await writeBest(request, candidates, controller.signal));
+      setStatus(`완료. 후보 ${candidates}편 중 요약에 가장 충실한 초록입니다.` + cutNote(finish, maxTokens));
       return;
     }
     const response = await post("/v1/chat/completions", { ...request, stream: true }, controller.signal);
@@ -180,6 +203,7 @@ async function write(event) {
       const chunk = JSON.parse(data);
       if (chunk.error) throw new Error(`생성 중 오류: ${chunk.error.message}`);
       const piece = chunk.choices.length ? chunk.choices[0].delta.content : "";
+      if (chunk.choices.length && chunk.choices[0].finish_reason) finish = chunk.choices[0].finish_reason;
       if (piece) {
         text += piece;
         out.textContent = text;
@@ -188,7 +212,7 @@ async function write(event) {
     out.classList.remove("writing");
     abstract = text;
     await highlight(summary, text);
-    setStatus("완료.");
+    setStatus("완료." + cutNote(finish, maxTokens));
   } catch (error) {
     abstract = text;
     setStatus(error.name === "AbortError" ? "중지했습니다." : error.message, error.name !== "AbortError");

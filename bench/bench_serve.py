@@ -4,6 +4,7 @@ the latency percentiles and generated tokens/s they saw.
     python bench/bench_serve.py --requests 32 --max-tokens 32
     python bench/bench_serve.py --requests 32 --max-tokens 32 --max-batch-size 1     # no batching, to compare
     python bench/bench_serve.py --requests 32 --max-tokens 32 --stream 8             # 8 of the 32 stream
+    python bench/bench_serve.py --model /tmp/g2 --requests 64 --no-fact-check        # on the GPU machine
 
 The server runs in this process (uvicorn in a thread on a free 127.0.0.1 port, the same app `writemypaper serve`
 builds) and the clients are one httpx.AsyncClient with a connection per request, all sent at the same instant. The
@@ -66,7 +67,9 @@ async def one(client, url: str, summary: str, max_tokens: int, stream: bool, mod
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
-            if chunk.get("usage"):
+            if "error" in chunk:  # a failure after the stream began comes as an error event: not an answer
+                status = chunk["error"].get("code") or chunk["error"].get("type") or "error"
+            elif chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
             elif first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
                 first = time.perf_counter() - start
@@ -102,6 +105,8 @@ def main() -> None:
     ap.add_argument("--stream", type=int, default=0, help="how many of them stream")
     ap.add_argument("--max-tokens", type=int, default=32, help="max_tokens of every request")
     ap.add_argument("--max-batch-size", type=int, default=8, help="the server's --max-batch-size")
+    ap.add_argument("--no-fact-check", action="store_true",
+                    help="serve without the fact check, as `serve --no-fact-check` (no Kiwi: for the GPU machine)")
     ap.add_argument("--out", help="append the result as one JSON line to this file")
     a = ap.parse_args()
     if not 1 <= a.requests <= 1024 or not 0 <= a.stream <= a.requests:
@@ -112,7 +117,7 @@ def main() -> None:
 
     generator = Generator.load(a.model)
     limits = Limits(max_new_tokens=max(a.max_tokens, 1), queue_depth=a.requests + 1, max_batch_size=a.max_batch_size)
-    app = create_app(generator, limits)
+    app = create_app(generator, limits, **({"fact_check": False} if a.no_fact_check else {}))
     texts = summaries()
     with serving(app) as url:  # 127.0.0.1 only
         results, t0 = asyncio.run(load(url, texts, a.requests, a.stream, a.max_tokens))
@@ -120,12 +125,15 @@ def main() -> None:
         left = app.state.scheduler.active
     wall = max(r["end"] for r in results) - t0
     ok = [r for r in results if r["status"] == 200]
+    if not ok:
+        raise SystemExit(f"none of the {a.requests} requests was answered (status {results[0]['status']})")
     latencies = sorted(r["latency"] for r in ok)
     tokens = sum(r["tokens"] for r in ok)
     ttft = [r["ttft"] for r in ok if r["ttft"] is not None]
     row = {
         "requests": a.requests, "streaming": a.stream, "answered": len(ok), "lost": a.requests - len(ok),
         "model": a.model, "max_tokens": a.max_tokens, "max_batch_size": a.max_batch_size,
+        "fact_check": not a.no_fact_check,
         "model_calls": served["model_calls"] - 1, "largest_batch": served["largest_batch"], "left_in_queue": left,
         "wall_s": round(wall, 1), "generated_tokens": tokens, "tokens_per_s": round(tokens / wall, 2),
         "p50_s": round(percentile(latencies, 50), 2), "p90_s": round(percentile(latencies, 90), 2),

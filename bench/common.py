@@ -50,9 +50,10 @@ def copy_tokenizer(dst: Path) -> None:
     raise SystemExit(f"no tokenizer found in {', '.join(map(str, TOKENIZER_SOURCES))}")
 
 
-def make_model(out: str | Path, tiny: bool = False) -> Path:
+def make_model(out: str | Path, tiny: bool = False, vocab: int | None = None) -> Path:
     """A Gemma2ForCausalLM shaped like google/gemma-2-2b with random weights, saved in bf16 with a tokenizer, so that
-    models.load_model(out, ...) loads it by the same path as any local model."""
+    models.load_model(out, ...) loads it by the same path as any local model. `vocab` shrinks the vocabulary (the
+    synthetic pairs then draw their ids below it), for CPU smoke tests whose time the 256k-wide LM head would take."""
     import torch
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
@@ -60,7 +61,8 @@ def make_model(out: str | Path, tiny: bool = False) -> Path:
     if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
         return out
     out.mkdir(parents=True, exist_ok=True)
-    config = Gemma2Config(**(TINY if tiny else GEMMA2_2B), dtype="bfloat16")
+    config = Gemma2Config(**dict(TINY if tiny else GEMMA2_2B, **({"vocab_size": vocab} if vocab else {})),
+                          dtype="bfloat16")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     with torch.device(device):
@@ -188,12 +190,15 @@ if __name__ == "__main__":
     m = sub.add_parser("make-model")
     m.add_argument("out")
     m.add_argument("--tiny", action="store_true", help="a 2-layer model of the same architecture (CPU smoke tests)")
+    m.add_argument("--vocab", type=int, help="vocabulary size (default Gemma 2's 256000; >= 1024)")
     p = sub.add_parser("peak")
     p.add_argument("out")
     a = ap.parse_args()
     if a.cmd == "make-model":
         t = time.time()
-        print(f"model in {make_model(a.out, a.tiny)} ({time.time() - t:.0f} s)")
+        if a.vocab is not None and a.vocab < 1024:  # the synthetic pairs draw ids from 300 up, specials below
+            ap.error("--vocab must be at least 1024")
+        print(f"model in {make_model(a.out, a.tiny, a.vocab)} ({time.time() - t:.0f} s)")
     else:
         tf = bf16_peak_tflops()
         Path(a.out).write_text(json.dumps({"bf16_matmul_tflops": tf, **environment()}, indent=1))

@@ -6,6 +6,7 @@
 # embedded model's tokenizer, gzipped, for the random-weight Gemma 2 the benchmarks make.
 #
 #   bash bench/fetch_wheels.sh      # then: device run with carry [".whl"]: bash bench/gpu_smoke.sh one
+#   (Unsloth, for bench/bench_unsloth.py, apart: bash bench/fetch_unsloth.sh fills .whl/unsloth/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >>.git/info/exclude

@@ -6,6 +6,8 @@
 #   bash bench/gpu_smoke.sh levers # one H200: each lever of `fast` in its own process (a sync, CUDA graphs)
 #   bash bench/gpu_smoke.sh ab     # one H200: the same levers toggled inside one process (bench_train.py --ab)
 #   bash bench/gpu_smoke.sh final  # one H200: GPU tests, generation with a static cache, serving 64 clients
+#   bash bench/gpu_smoke.sh round3 # one GPU: seed / fast / low-memory and Unsloth 4-bit and bf16, same model and data
+#   bash bench/gpu_smoke.sh round3-gen  # one GPU: generation at batch 64 vs 256 with a static cache, 64 clients served
 #   bash bench/gpu_smoke.sh seed fast tests   # named steps (see run_step below)
 #
 # Missing packages come as wheels in .whl/ (bash bench/fetch_wheels.sh, carried); the model is made there, random weights.
@@ -38,6 +40,14 @@ step() {
 }
 
 TRAIN="python3 bench/bench_train.py --model $MODEL --peak $OUT/peak.json --out $OUT/train.jsonl"
+UNSLOTH="env PYTHONPATH=/tmp/site-unsloth:$PYTHONPATH python3 bench/bench_unsloth.py --model $MODEL --peak $OUT/peak.json \
+  --out $OUT/train.jsonl"
+# Unsloth's wheels (.whl/unsloth/, bench/fetch_unsloth.sh) go to a target of their own, ahead of ours for its runs only
+unsloth_site() {
+  [ -d /tmp/site-unsloth ] && return 0
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-unsloth \
+    .whl/unsloth/*.whl >>"$LOG" 2>&1 || { echo "unsloth wheel install failed" | tee -a "$OUT/steps.txt"; return 1; }
+}
 
 step env 5 60 bash -c "nvidia-smi -L; python3 -c 'import sys; sys.path.insert(0, \"bench\"); import common, json; print(json.dumps(common.environment()))'"
 step model 60 240 python3 bench/common.py make-model "$MODEL"
@@ -46,8 +56,10 @@ step peak 20 60 python3 bench/common.py peak "$OUT/peak.json"
 # Each named step, then the lists the two calls run (`one`, `two`); any other arguments are step names.
 run_step() {
   case $1 in
-    seed) step seed 60 150 $TRAIN --preset seed --warmup 2 --steps 6 ;;
-    fast) step fast 90 150 $TRAIN --preset fast --warmup 2 --steps 12 --stacks-after 100 --profile "$OUT/profile-fast.txt" ;;
+    # Each variant: warm-up steps (compilation, autotuning), then 3 timed blocks of steps; tokens/s is the median block
+    seed) step seed 60 150 $TRAIN --preset seed --warmup 2 --steps 4 --repeats 3 ;;
+    fast) step fast 90 180 $TRAIN --preset fast --warmup 3 --steps 5 --repeats 3 --stacks-after 100 \
+      --profile "$OUT/profile-fast.txt" ;;
     # The levers of the fast preset, each in its own process against the preset as it is (performance round 2;
     # keeping TRL's metrics on the device, measured in runs 10-11 and found to change nothing, was removed)
     fast-nofilter) step fast-nofilter 80 150 $TRAIN --preset fast --name "fast, no nan/inf filter on the logged loss" \
@@ -65,7 +77,17 @@ run_step() {
       --name "low-memory, nan/inf filter off/on" --warmup 2 --steps 12 --ab nan-filter:2 ;;
     fast-eager) step fast-eager 80 150 $TRAIN --preset fast --name "fast, eager attention" --warmup 2 --steps 6 \
       --set attn_implementation=eager ;;
-    low-memory) step low-memory 90 170 $TRAIN --preset low-memory --warmup 2 --steps 6 ;;
+    low-memory) step low-memory 90 170 $TRAIN --preset low-memory --warmup 3 --steps 5 --repeats 3 ;;
+    # Unsloth on the same model and data (bench/bench_unsloth.py; wheels from bench/fetch_unsloth.sh, installed apart
+    # in /tmp/site-unsloth). Its compiler failed on torch 2.11 before (InductorError), so it runs off first, then on.
+    unsloth-4bit) unsloth_site && step unsloth-4bit 80 170 env UNSLOTH_COMPILE_DISABLE=1 $UNSLOTH --config 4bit \
+      --name "Unsloth 4-bit QLoRA (notebook recipe), compiler off" --warmup 3 --steps 4 --repeats 3 ;;
+    unsloth-bf16) unsloth_site && step unsloth-bf16 80 170 env UNSLOTH_COMPILE_DISABLE=1 $UNSLOTH --config bf16 \
+      --name "Unsloth bf16 LoRA, compiler off" --warmup 3 --steps 5 --repeats 3 ;;
+    unsloth-4bit-compiled) unsloth_site && step unsloth-4bit-compiled 80 200 $UNSLOTH --config 4bit \
+      --name "Unsloth 4-bit QLoRA (notebook recipe), compiler on" --warmup 3 --steps 4 --repeats 3 --stacks-after 150 ;;
+    unsloth-bf16-compiled) unsloth_site && step unsloth-bf16-compiled 80 240 $UNSLOTH --config bf16 \
+      --name "Unsloth bf16 LoRA, compiler on" --warmup 3 --steps 5 --repeats 3 --stacks-after 200 ;;
     low-memory-compile) step low-memory-compile 90 170 $TRAIN --preset low-memory --name "low-memory, compiled layers" \
       --warmup 3 --steps 6 --set compile_layers=true ;;
     fast-plain) step fast-plain 80 150 $TRAIN --preset fast --name "fast, layers not compiled" --warmup 2 --steps 6 \
@@ -95,6 +117,14 @@ run_step() {
     gen-static) G="python3 bench/bench_generate.py --model $MODEL --notebook-samples 0 --max-new-tokens 512 --out $OUT/generate.jsonl"
       step gen-dynamic 60 120 $G --batch-sizes 64 256
       step gen-static 60 170 $G --batch-sizes 64 --static-cache ;;
+    # batch 64 with the dynamic cache (today's `evaluate`) against batch 256 with a static cache, and static at 64
+    gen-256) G="python3 bench/bench_generate.py --model $MODEL --notebook-samples 0 --max-new-tokens 512 --out $OUT/generate.jsonl"
+      step gen-dynamic-64 50 100 $G --batch-sizes 64
+      step gen-static-256 80 220 $G --batch-sizes 256 --static-cache
+      step gen-static-64 60 150 $G --batch-sizes 64 --static-cache ;;
+    # 64 clients without the fact check (its Kiwi model can't be carried to this machine)
+    serve-nofc) step serve-64-nofc 40 150 python3 bench/bench_serve.py --model "$MODEL" --requests 64 --stream 8 \
+        --max-tokens 256 --max-batch-size 64 --no-fact-check --out "$OUT/serve.jsonl" ;;
     # Serving on the GPU: 64 clients at once against `serve`'s own app (random-weight 2B shape, 256 tokens each)
     serve) step serve-64 40 110 python3 bench/bench_serve.py --model "$MODEL" --requests 64 --stream 8 --max-tokens 256 \
         --max-batch-size 64 --out "$OUT/serve.jsonl"
@@ -123,6 +153,8 @@ case $MODE in
   final) STEPS="gpu-tests gen-static serve" ;;
   ab) STEPS="seed fast-ab-filter low-memory-ab-filter fast-graphs" ;;
   two) STEPS="seed fast-1gpu fast-2gpu tests low-memory low-memory-compile" ;;
+  round3) STEPS="seed fast low-memory unsloth-4bit unsloth-bf16 unsloth-4bit-compiled" ;;  # performance round 3
+  round3-gen) STEPS="gen-256 serve-nofc" ;;
   *) STEPS="$*" ;;
 esac
 for s in $STEPS; do

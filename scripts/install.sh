@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv (if missing) and installs writemypaper into it; sourced by scripts/demo and scripts/test.
-# torch: kept if already importable (Colab, a CUDA box); otherwise the pinned CPU-friendly release on machines
-# without an NVIDIA driver, and the default build where one is present.
+# torch: kept if already importable (Colab, a CUDA box); otherwise PyPI's default (CUDA) build where an NVIDIA driver
+# is present, and a CPU build of the pinned release where none is.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
@@ -14,8 +14,19 @@ python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
 if ! python -c "import torch" >/dev/null 2>&1; then
   if command -v nvidia-smi >/dev/null 2>&1; then
     python -m pip install -q --disable-pip-version-check torch
-  else
+  elif [ "$(uname -s)" != Linux ] || (d=$(mktemp -d); trap 'rm -rf "$d"' EXIT; python -m pip download -q \
+      --disable-pip-version-check --no-deps --no-index -d "$d" "torch==2.13.0+cpu" >/dev/null 2>&1); then
+    # macOS and Windows wheels on PyPI are CPU builds; a Linux machine with a CPU wheel at hand (pip's find-links,
+    # as on our CI machines) takes that one without asking any index.
     python -m pip install -q --disable-pip-version-check "torch==2.13.0"
+  else
+    # PyPI's Linux torch is a CUDA build of several GB; PyTorch's own CPU index has the CPU build (its +cpu version
+    # sorts above PyPI's of the same release).
+    python -m pip install -q --disable-pip-version-check --extra-index-url https://download.pytorch.org/whl/cpu \
+      "torch==2.13.0"
   fi
 fi
-python -m pip install -q --disable-pip-version-check -e ".${WRITEMYPAPER_EXTRAS:-}"
+# WRITEMYPAPER_CONSTRAINTS: scripts/test installs the exact versions the suite last passed on (constraints/tested.txt).
+LOCK=()
+if [ -n "${WRITEMYPAPER_CONSTRAINTS:-}" ]; then LOCK=(-c "$WRITEMYPAPER_CONSTRAINTS"); fi
+python -m pip install -q --disable-pip-version-check "${LOCK[@]}" -e ".${WRITEMYPAPER_EXTRAS:-}"

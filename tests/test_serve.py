@@ -295,7 +295,7 @@ class GatedGenerator:
         self.lock = threading.Lock()
         self.calls = 0
 
-    def generate(self, summaries, settings, batch_size=8, stop=None):
+    def generate(self, summaries, settings, batch_size=8, stop=None, cancelled=None):
         self.calls += 1
         assert self.gate.wait(60), "the test never opened the gate"
         return [[self.text] * settings.num_return_sequences for _ in summaries]
@@ -420,9 +420,9 @@ class Recording(GatedGenerator):
         self.gate.set()
         self.settings = []
 
-    def generate(self, summaries, settings, batch_size=8, stop=None):
+    def generate(self, summaries, settings, batch_size=8, stop=None, cancelled=None):
         self.settings.append(settings)
-        return super().generate(summaries, settings, batch_size, stop)
+        return super().generate(summaries, settings, batch_size, stop, cancelled)
 
 
 def test_request_fields_reach_the_generator(generator):

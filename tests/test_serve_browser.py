@@ -38,7 +38,7 @@ class ScriptedGenerator:
         self.tokenizer = load_tokenizer("gemma3-270m", padding_side="left")
         self.lock = threading.Lock()
 
-    def generate(self, summaries, settings, batch_size=8, stop=None):
+    def generate(self, summaries, settings, batch_size=8, stop=None, cancelled=None):
         return [[self.text] * settings.num_return_sequences for _ in summaries]
 
     def stream(self, summary, settings, stop=None):

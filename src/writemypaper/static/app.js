@@ -43,8 +43,9 @@ function updateCount() {
 }
 
 async function loadLimits() {
+  let health;
   try {
-    const health = await (await fetch("/health")).json();
+    health = await (await fetch("/health")).json();
     limits = health.limits;
     kinds = health.fact_kinds;
     factCheck = health.fact_check;

@@ -87,3 +87,54 @@ def test_a_real_run_and_its_export_are_readable_by_others(short_prepared, tiny_g
     _assert_ordinary(run / "checkpoints", 0o027)
     for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "metrics.json", "config.yaml"):
         assert stat.S_IMODE((run / name).stat().st_mode) == 0o640, name
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# temporaries never leak, and a replace never loses the folder it replaces
+
+
+def test_interrupted_body_leaves_no_temporary(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(out) as tmp:
+            (tmp / "half.bin").write_bytes(b"x")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupt_between_the_renames_puts_the_old_folder_back(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "kept.txt").write_text("old")
+    real_rename, calls = os.rename, []
+
+    def rename(src, dst):  # Ctrl-C arrives right after the old folder was moved aside
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(out) as tmp:
+            (tmp / "new.txt").write_text("new")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (out / "kept.txt").read_text() == "old"
+
+
+def test_stale_siblings_are_told_apart_by_their_process(tmp_path):
+    import subprocess
+    import sys
+
+    from writemypaper.atomic import stale_siblings
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead, live = proc.pid, os.getppid()
+    names = {f".out.tmp-{dead}-abc": "dead_tmp", f".out.old-{dead}": "dead_old", f".out.tmp-{live}-abc": "live",
+             ".out.tmp-k2j3h4g5": "unknown", f".outer.tmp-{dead}-abc": None, ".out.txt": None}
+    for name in names:
+        (tmp_path / name).mkdir()
+    found = stale_siblings(tmp_path / "out")
+    assert {p.name: state for state, ps in found.items() for p in ps} == {n: s for n, s in names.items() if s}

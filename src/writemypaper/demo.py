@@ -6,6 +6,8 @@ with the cpu-demo preset, evaluate base against tuned on held-out pairs, and wri
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -45,20 +47,48 @@ def _gguf_models(out_dir: Path, run_dir: Path) -> dict[str, str]:
                                                                                  out_dir / "gguf-tuned")):
         path = dest / export.gguf_name(dest, "q8_0")
         if name == "tuned" or not path.is_file():
-            export.export(ref, str(dest), gguf="q8_0", safetensors=False)
+            export.export(ref, str(dest), gguf="q8_0", safetensors=False, overwrite=True)  # OUT is the demo's own
         paths[name] = str(path)
     return paths
 
 
+def start(out_dir: Path, overwrite: bool):
+    """The output policy for the demo's OUT, before any work: a new or empty folder starts a demo; our own
+    unfinished demo (killed, or failed) is carried on (its training resumes); a finished one is started again only
+    with --overwrite; any other folder is never touched. Returns the demo's record, written unfinished."""
+    from writemypaper import record
+    from writemypaper.atomic import out_state
+    from writemypaper.errors import UserError
+    from writemypaper.weights import EMBEDDED
+
+    state = out_state(out_dir, "demo")
+    if state == "ours":
+        rec = record.read(out_dir)
+        if rec is None or not rec.finished:
+            print(f"writemypaper: carrying on the unfinished demo in {out_dir}")
+        elif not overwrite:
+            raise UserError(f"--out {out_dir} already holds a finished demo; add --overwrite to run it again, or pick "
+                            f"another --out")
+        else:
+            aside = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")  # clean_stale finishes a killed removal
+            os.rename(out_dir, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+    rec = record.RunRecord(kind="demo", base_model=EMBEDDED, preset="cpu-demo", versions=record.versions())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record.write(out_dir, rec)
+    return rec
+
+
 def demo(out: str = "writemypaper-demo", steps: int | None = None, eval_samples: int = 8, max_new_tokens: int = 192,
-         engine: str = "auto", overrides: list[str] | None = None) -> dict:
+         engine: str = "auto", overrides: list[str] | None = None, overwrite: bool = False) -> dict:
     from rich.console import Console
 
-    from writemypaper import config, data, evaluate, train, weights
+    from writemypaper import config, data, evaluate, record, train, weights
 
     console = Console()
     out_dir = Path(out)
     engine = resolve_engine(engine)
+    rec = start(out_dir, overwrite)
     total = 6 if engine == "llama.cpp" else 5
     t0 = time.time()
     n = iter(range(1, total + 1))
@@ -67,7 +97,9 @@ def demo(out: str = "writemypaper-demo", steps: int | None = None, eval_samples:
         console.rule(f"[bold][{next(n)}/{total}] {text}[/bold]  ({time.time() - t0:.0f} s)")
 
     step("prepare the sample corpus (section pairs)")
-    stats = data.prepare([str(SAMPLE_DIR)], out_dir / "prepared", granularity="section", progress=True)
+    # OUT/prepared, OUT/run and OUT/eval are the demo's own: each is replaced (or the run resumed) as it goes
+    stats = data.prepare([str(SAMPLE_DIR)], out_dir / "prepared", granularity="section", progress=True,
+                         overwrite=True)
     data.print_stats(stats, out_dir / "prepared", console=console)
 
     step(f"fine-tune the embedded {weights.EMBEDDED} with the cpu-demo preset")
@@ -77,7 +109,8 @@ def demo(out: str = "writemypaper-demo", steps: int | None = None, eval_samples:
         train_overrides.append(f"training.max_steps={steps}")
     cfg = config.load_config("cpu-demo", train_overrides, kind="train")
     run_dir = out_dir / "run"
-    metrics = train.train(cfg, data=str(out_dir / "prepared"), out=str(run_dir), resume=run_dir.exists())
+    metrics = train.train(cfg, data=str(out_dir / "prepared"), out=str(run_dir), resume=run_dir.exists() and any(
+        run_dir.iterdir()))
     console.print(f"train loss {metrics['train_loss_first']:.3f} → {metrics['train_loss_last']:.3f} in "
                   f"{metrics['global_step']} steps; validation loss {metrics['eval_loss']:.3f}")
 
@@ -91,7 +124,8 @@ def demo(out: str = "writemypaper-demo", steps: int | None = None, eval_samples:
     # report shows what grounding changes; best-of-N candidates cost N times the decoding and stay out of the demo.
     ecfg = config.load_config("evaluate", [f"n_samples={eval_samples}", f"generation.max_new_tokens={max_new_tokens}",
                                            "decodings=[plain,grounded]"], kind="evaluate")
-    scores = evaluate.evaluate(ecfg, out=str(out_dir / "eval"), data=str(out_dir / "prepared"), models=models)
+    scores = evaluate.evaluate(ecfg, out=str(out_dir / "eval"), data=str(out_dir / "prepared"), models=models,
+                               overwrite=True)
 
     step("write the report")
     report = (out_dir / "eval" / "report.html").resolve()
@@ -104,4 +138,8 @@ def demo(out: str = "writemypaper-demo", steps: int | None = None, eval_samples:
         print(f"\ntuned GGUF: {models['tuned']}  (Ollama: ollama create writemypaper -f "
               f"{Path(models['tuned']).parent / 'Modelfile'})")
     print(f"\nreport: file://{report}\n(finished in {time.time() - t0:.0f} s)")
+    rec.data_fingerprint = record.data_fingerprint(out_dir / "prepared")
+    rec.steps, rec.train_loss, rec.eval_loss = metrics["global_step"], metrics["train_loss_last"], metrics["eval_loss"]
+    rec.finished = True
+    record.write(out_dir, rec)  # last: a demo stopped before here is carried on by the next `demo`
     return {"scores": scores, "metrics": metrics, "report": str(report), "engine": engine}

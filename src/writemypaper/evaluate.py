@@ -198,11 +198,16 @@ def reference_loss(model, tokenizer, samples: list[dict], instruction: str | Non
 def _log_history(refs: dict[str, str]) -> list[dict] | None:
     """The training curve of the first model that is a run, or a GGUF exported from one (its writemypaper.json
     names the run)."""
+    from writemypaper import record
+
     for ref in refs.values():
         run = Path(ref)
-        info = run.parent / "writemypaper.json"
-        if run.suffix == ".gguf" and info.is_file():
-            run = Path(json.loads(info.read_text(encoding="utf-8")).get("exported_from") or run)
+        if run.suffix == ".gguf":
+            try:
+                rec = record.read(run.parent)
+            except record.RecordError:
+                rec = None
+            run = Path(rec.extra.get("exported_from") or run) if rec else run
         p = run / "log_history.json"
         if p.is_file():
             return json.loads(p.read_text(encoding="utf-8"))
@@ -282,12 +287,12 @@ def _generate_all(cfg, models: dict[str, str], samples: list[dict], plans: list,
 
 
 def evaluate(cfg, out: str, models: dict[str, str] | None = None, data: str | None = None,
-             predictions: list[str] | None = None, progress: bool = True) -> dict:
+             predictions: list[str] | None = None, progress: bool = True, overwrite: bool = False) -> dict:
     """The `evaluate` verb: generate with each model under each decoding (or read predictions), score with
-    intervals, and write scores.json, predictions.jsonl, config.yaml and report.html."""
-    from writemypaper import metrics, report
-    from writemypaper.atomic import atomic_write_json, atomic_write_jsonl
-    from writemypaper.config import save_config
+    intervals, and write OUT (scores.json, predictions.jsonl, config.yaml, report.html) in one rename, under the
+    output policy (atomic.check_out): an earlier evaluation is replaced only with `overwrite`, any other folder
+    never."""
+    from writemypaper import metrics
 
     if bool(models) == bool(predictions):
         raise UserError("give either --models NAME=MODEL ... (with --data) or --predictions FILE.jsonl ...")
@@ -296,6 +301,7 @@ def evaluate(cfg, out: str, models: dict[str, str] | None = None, data: str | No
         raise UserError(f"bootstrap={n_resamples}: give a whole number of resamples in [100, 100000]")
     if not isinstance(report_samples, int) or report_samples < 0:
         raise UserError(f"report_samples={report_samples}: give a whole number >= 0")
+    _check_out(out, overwrite, models or {}, data)
     losses: dict[str, list[tuple[float, int]]] = {}
     if predictions:
         samples, preds, columns = _from_predictions(predictions)
@@ -314,15 +320,39 @@ def evaluate(cfg, out: str, models: dict[str, str] | None = None, data: str | No
     scores["columns"] = columns
     scores["settings"] = {"models": models or None, "predictions": predictions or None,
                           "split": None if predictions else cfg.split, "bootstrap": n_resamples, "seed": cfg.seed}
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "scores.json", scores)
-    atomic_write_jsonl(out_dir / "predictions.jsonl", [
-        {**s, "model": name, "prediction": preds[name][i]} for name in preds for i, s in enumerate(samples)])
-    save_config(cfg, out_dir / "config.yaml")
-    report.write_report(scores, out_dir / "report.html", log_history=_log_history(models or {}),
-                        max_samples=report_samples)
+    _write(cfg, out, overwrite, scores, samples, preds, models, data, report_samples)
     return scores
+
+
+def _check_out(out: str, overwrite: bool, models: dict[str, str], data: str | None) -> None:
+    """The output policy for OUT, before any model loads; and OUT may not hold what is evaluated."""
+    from writemypaper.atomic import check_out
+
+    inside = [p for p in [*models.values(), data] if p and Path(p).exists()
+              and Path(out).resolve() in [Path(p).resolve(), *Path(p).resolve().parents]]
+    if inside:
+        raise UserError(f"--out {out} holds {inside[0]}, which is evaluated; pick an --out outside it")
+    check_out(out, "eval", overwrite)
+
+
+def _write(cfg, out: str, overwrite: bool, scores: dict, samples, preds, models, data, report_samples: int) -> None:
+    """OUT written into a temporary folder and renamed into place, its record last."""
+    from writemypaper import record, report
+    from writemypaper.atomic import atomic_write_json, atomic_write_jsonl, output_dir
+    from writemypaper.config import save_config
+
+    rec = record.RunRecord(kind="eval", data_fingerprint=record.data_fingerprint(data) if data else None,
+                           preset=record.preset_name(cfg.get("source")),
+                           settings={"models": models or None, "n_samples": len(samples),
+                                     "overrides": list(cfg.get("overrides") or [])},
+                           versions=record.versions())
+    with output_dir(out, "eval", overwrite, record=rec) as tmp:
+        atomic_write_json(tmp / "scores.json", scores)
+        atomic_write_jsonl(tmp / "predictions.jsonl", [
+            {**s, "model": name, "prediction": preds[name][i]} for name in preds for i, s in enumerate(samples)])
+        save_config(cfg, tmp / "config.yaml")
+        report.write_report(scores, tmp / "report.html", log_history=_log_history(models or {}),
+                            max_samples=report_samples)
 
 
 def summary_table(scores: dict) -> str:

@@ -22,6 +22,8 @@ def _card(run: Path, base_model: str, scores: dict | None, push_repo: str | None
     metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8")) if (run / "metrics.json").is_file() else {}
     stats = json.loads((run / "data_stats.json").read_text(encoding="utf-8")) if (run / "data_stats.json").is_file() else {}
     recipe = (run / "config.yaml").read_text(encoding="utf-8") if (run / "config.yaml").is_file() else ""
+    if push_repo:
+        recipe = _portable_recipe(recipe)
     hub_base = base_model if "/" in base_model and not Path(base_model).exists() else None
     front = {"language": ["ko"], "library_name": "transformers", "pipeline_tag": "text-generation",
              "tags": ["writemypaper", "korean", "abstract-generation", "lora", "gemma"]}
@@ -93,11 +95,13 @@ def _card_tail(run: Path, scores: dict | None, metrics: dict, stats: dict, recip
 
 def export(run_dir: str, out: str, scores: str | None = None, precision: str = "auto",
            push_to_hub: str | None = None, private: bool = True, gguf: str | None = None,
-           safetensors: bool = True) -> Path:
+           safetensors: bool = True, overwrite: bool = False) -> Path:
     """Merge RUN_DIR's adapter (or take a base model as it is: `gemma3-270m`, a directory, a Hub id) and write OUT:
     the safetensors model for transformers unless `safetensors` is false, and with `gguf` a TYPE.gguf file plus an
-    Ollama Modelfile. Both carry the run's instruction in their chat template."""
-    from writemypaper import weights
+    Ollama Modelfile. Both carry the run's instruction in their chat template. OUT follows the output policy
+    (atomic.check_out): an earlier export is replaced only with `overwrite`, any other folder never."""
+    from writemypaper import record, weights
+    from writemypaper.atomic import check_out
 
     run = Path(run_dir)
     is_run = weights.is_run_dir(run)
@@ -106,8 +110,11 @@ def export(run_dir: str, out: str, scores: str | None = None, precision: str = "
     if not is_run and not base_ok:
         raise UserError(f"{run_dir}: not a finished training run (no adapter_config.json) nor a model; train one "
                         f"first, or name a base model (gemma3-270m, a model directory, a Hub id)")
-    if Path(out).resolve() == run.resolve():
-        raise UserError("--out must differ from the run directory")
+    if Path(out).resolve() == run.resolve() or Path(out).resolve() in run.resolve().parents:
+        raise UserError(f"--out {out} holds the run {run_dir}; pick an --out outside it")
+    if is_run and not record.is_finished(run):
+        raise UserError(f"{run_dir}: the run did not finish (its writemypaper.json says so); finish it with "
+                        f"`writemypaper train ... --out {run_dir} --resume`")
     if gguf is not None:
         from writemypaper.gguf_export import GGUF_TYPES
 
@@ -120,9 +127,11 @@ def export(run_dir: str, out: str, scores: str | None = None, precision: str = "
         if not Path(scores).is_file():
             raise UserError(f"--scores {scores}: no such file")
         score_data = json.loads(Path(scores).read_text(encoding="utf-8"))
+    check_out(out, "export", overwrite)  # before the minutes of loading and merging
     base_model = weights.run_base_model(run) if is_run else run_dir
     info = _run_info(run) if is_run else {}
-    _write_export(run_dir, out, base_model, info, is_run, score_data, precision, push_to_hub, gguf, safetensors)
+    _write_export(run_dir, out, base_model, info, is_run, score_data, precision, push_to_hub, gguf, safetensors,
+                  overwrite)
     if push_to_hub:
         from huggingface_hub import HfApi
 
@@ -134,23 +143,72 @@ def export(run_dir: str, out: str, scores: str | None = None, precision: str = "
     return Path(out)
 
 
-def _run_info(run: Path) -> dict:
-    path = run / "writemypaper.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+def _run_info(run: Path):
+    """The run's record (None for an adapter folder without one)."""
+    from writemypaper import record
+
+    try:
+        return record.read(run)
+    except record.RecordError as e:
+        raise UserError(str(e)) from None
+
+
+def portable(ref: str) -> str:
+    """A model reference as it may leave this machine (a Hub push): the embedded name or a Hub id as it is, a local
+    path by its folder's name only."""
+    from writemypaper import weights
+
+    p = Path(ref).expanduser()
+    if ref != weights.EMBEDDED and (p.is_absolute() or p.exists() or ref.startswith((".", "~"))):
+        return p.resolve().name
+    return ref
+
+
+def _portable_recipe(recipe: str) -> str:
+    """config.yaml for a pushed card: its preset by name, its model by portable(), no other local path."""
+    import yaml
+
+    from writemypaper import record
+
+    cfg = yaml.safe_load(recipe) if recipe else None
+    if not isinstance(cfg, dict):
+        return recipe
+    if cfg.get("source"):
+        cfg["source"] = portable(record.preset_name(cfg["source"]))
+    if isinstance(cfg.get("model"), str):
+        cfg["model"] = portable(cfg["model"])
+    return yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False)
+
+
+def _export_record(ref: str, info, is_run: bool, base_model: str, instruction, push_to_hub, safetensors: bool,
+                   gguf, merged_base):
+    """The export's record: the run's (what it was built from, how it ended) with what the export holds. Where the
+    run is (exported_from, which evaluate follows to the training curve) stays off a folder pushed to the Hub."""
+    import dataclasses
+
+    from writemypaper import record
+
+    source = info if info else record.RunRecord(kind="export", base_model=base_model, instruction=instruction)
+    exported_from = (str(Path(ref).resolve()) if is_run else ref) if not push_to_hub else (
+        None if is_run else portable(ref))
+    extra = {**source.extra, "exported_from": exported_from, "safetensors": safetensors, "gguf": gguf,
+             "merged_base": merged_base}
+    return dataclasses.replace(source, kind="export", base_model=base_model, instruction=instruction, extra=extra,
+                               versions=record.versions())
 
 
 def gguf_name(out: str | Path, kind: str) -> str:
     return f"{Path(out).resolve().name}-{kind}.gguf"
 
 
-def _write_export(ref: str, out: str, base_model: str, info: dict, is_run: bool, score_data, precision: str,
-                  push_to_hub: str | None, gguf: str | None, safetensors: bool) -> None:
+def _write_export(ref: str, out: str, base_model: str, info, is_run: bool, score_data, precision: str,
+                  push_to_hub: str | None, gguf: str | None, safetensors: bool, overwrite: bool = False) -> None:
     import torch
 
     from writemypaper import gguf_export, models, prompts
-    from writemypaper.atomic import atomic_dir, atomic_write_json, atomic_write_text
+    from writemypaper.atomic import atomic_write_text, output_dir
 
-    instruction = info.get("instruction")
+    instruction = info.instruction if info else None
     # The vocabulary is checked before the minutes of loading and merging, so a model it cannot write fails fast.
     tokenizer = models.load_tokenizer(ref, padding_side="left")
     vocab = gguf_export.vocabulary(tokenizer, base_model) if gguf else None
@@ -158,7 +216,9 @@ def _write_export(ref: str, out: str, base_model: str, info: dict, is_run: bool,
     model, tokenizer = models.load_for_inference(ref, precision=precision, device="cpu")
     merged_base = getattr(model, "writemypaper_base", None)  # a QLoRA run merges into its NF4-rounded base
     merged = model.merge_and_unload() if is_run else model
-    merged.config.name_or_path = base_model
+    # A pushed folder names no path of this machine: the base model by its Hub id or its folder's name.
+    shown_base = portable(base_model) if push_to_hub else base_model
+    merged.config.name_or_path = shown_base
     merged.generation_config.eos_token_id = prompts.stop_token_ids(tokenizer)
     merged.generation_config.pad_token_id = tokenizer.pad_token_id
     # The instruction travels in the chat template, so a consumer that sends only the summary (a pipeline, vLLM,
@@ -167,7 +227,8 @@ def _write_export(ref: str, out: str, base_model: str, info: dict, is_run: bool,
     tokenizer.chat_template = template
     tokenizer.padding_side = "left"
     name = Path(out).resolve().name
-    with atomic_dir(out) as tmp:
+    rec = _export_record(ref, info, is_run, shown_base, instruction, push_to_hub, safetensors, gguf, merged_base)
+    with output_dir(out, "export", overwrite, record=rec) as tmp:
         if safetensors:
             merged.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
@@ -175,11 +236,7 @@ def _write_export(ref: str, out: str, base_model: str, info: dict, is_run: bool,
             gguf_file = gguf_name(out, gguf)
             gguf_export.write_gguf(merged, tokenizer, tmp / gguf_file, gguf, template, vocab, name=name)
             atomic_write_text(tmp / "Modelfile", gguf_export.modelfile(gguf_file, instruction))
-        atomic_write_json(tmp / "writemypaper.json", {"base_model": base_model, "instruction": instruction,
-                                                      "exported_from": str(Path(ref).resolve()) if is_run else ref,
-                                                      "safetensors": safetensors, "gguf": gguf,
-                                                      "merged_base": merged_base})
-        atomic_write_text(tmp / "README.md", _card(Path(ref), base_model, score_data, push_to_hub, gguf and
+        atomic_write_text(tmp / "README.md", _card(Path(ref), shown_base, score_data, push_to_hub, gguf and
                                                    gguf_name(out, gguf), safetensors, is_run, merged_base))
     del merged, model
     torch.cuda.empty_cache() if torch.cuda.is_available() else None

@@ -186,7 +186,11 @@ def load_for_inference(ref: str | None, precision: str = "auto", device: str | N
     if is_run_dir(ref):
         from peft import PeftModel
 
-        from writemypaper import nf4
+        from writemypaper import nf4, record
+
+        if not record.is_finished(ref):  # its adapter may be one half-way through training, or none at all
+            raise UserError(f"{ref} is a training run that did not finish (its writemypaper.json says so): continue "
+                            f"it with `writemypaper train --resume --out {ref} ...`, or give one of its checkpoints")
 
         base = load_model(run_base_model(ref), precision=precision, tokenizer=tokenizer)
         if nf4.run_quantization(ref):

@@ -25,39 +25,67 @@ from writemypaper.trainer import (CHECKPOINTS, build_trainer, close_progress, co
 from writemypaper.examples import stratified_subset  # noqa: F401
 from writemypaper.trainer import COMPLETE, compile_layers  # noqa: F401
 
+_ADAPTER_TMP = "adapter"  # _write_run's temporary inside RUN_DIR: .adapter.tmp-PID-*
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # validation: every problem found before any model is loaded
 
 
-def validate(cfg, data_dir: str, out_dir: str, resume: bool) -> None:
+def validate(cfg, data_dir: str, out_dir: str, resume: bool, overwrite: bool = False) -> None:
     """Every problem with a run's paths and config, reported together (one line each) before any model is loaded:
-    keys, types and ranges (config.train_problems), then SFTConfig and LoraConfig built as the run will build them,
-    so that TRL's, transformers' and PEFT's own checks run now too."""
+    the output policy for RUN_DIR, keys, types and ranges (config.train_problems), then SFTConfig and LoraConfig
+    built as the run will build them, so that TRL's, transformers' and PEFT's own checks run now too."""
     from writemypaper import config
 
     found = config.train_problems(cfg)
     for section in ("training", "lora"):
         if not found[section] and isinstance(cfg.get(section), Mapping):
             found[section] = _build_problems(section, cfg, out_dir)
-    problems = _path_problems(data_dir, out_dir, resume) + [p for ps in found.values() for p in ps]
+    problems = _path_problems(data_dir, out_dir, resume, overwrite) + [p for ps in found.values() for p in ps]
     if problems:
         raise UserError(*problems)
 
 
-def _path_problems(data_dir: str, out_dir: str, resume: bool) -> list[str]:
+def _path_problems(data_dir: str, out_dir: str, resume: bool, overwrite: bool = False) -> list[str]:
     problems = []
     if not Path(data_dir).is_dir():
         problems.append(f"--data {data_dir}: no such directory (make one with `writemypaper prepare`)")
     elif not (Path(data_dir) / "train.parquet").is_file():
         problems.append(f"--data {data_dir}: no train.parquet; not a directory written by `writemypaper prepare`")
-    out = Path(out_dir)
-    if out.exists() and not resume:
-        if (out / CHECKPOINTS).is_dir() or (out / "adapter_config.json").is_file():
-            problems.append(f"--out {out_dir} already holds a run: add --resume to continue it, or pick another --out")
+    return problems + _out_problems(Path(out_dir), resume, overwrite)
+
+
+def _out_problems(out: Path, resume: bool, overwrite: bool) -> list[str]:
+    """The output policy for RUN_DIR: a new or empty folder trains from scratch; our own run (its record, or the
+    checkpoints of one killed before records were written) continues with --resume or starts again with
+    --overwrite; anything else is never touched. Temporaries a killed run left are cleaned first."""
+    from writemypaper.atomic import out_state
+
+    if resume and overwrite:
+        return ["--resume continues RUN_DIR and --overwrite starts it again: give one of them"]
+    try:
+        state = out_state(out, "run")
+        if state == "ours":
+            clean_inside(out)
+    except UserError as e:
+        return str(e).splitlines()
     if resume and not out.is_dir():
-        problems.append(f"--resume: {out_dir} does not exist")
-    return problems
+        return [f"--resume: {out} does not exist"]
+    if state == "ours" and not resume and not overwrite:
+        return [f"--out {out} already holds a run: add --resume to continue it, --overwrite to start it again, or "
+                f"pick another --out"]
+    return []
+
+
+def clean_inside(out: Path) -> None:
+    """Remove what a run killed while writing its adapter left inside RUN_DIR (_write_run's temporary)."""
+    from writemypaper.atomic import clean_stale
+
+    clean_stale(out / _ADAPTER_TMP, "--out")
+    # where earlier versions wrote the adapter first, inside a run that is ours
+    for p in [out / ".final", *out.glob("..final.tmp-*")]:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def _build_problems(section: str, cfg, out_dir: str) -> list[str]:
@@ -75,14 +103,14 @@ def _build_problems(section: str, cfg, out_dir: str) -> list[str]:
 # the verb
 
 
-def train(cfg, data: str, out: str, model: str | None = None, resume: bool = False, dry_run: bool = False) -> dict:
+def train(cfg, data: str, out: str, model: str | None = None, resume: bool = False, dry_run: bool = False,
+          overwrite: bool = False) -> dict:
     """The `train` verb. Returns the metrics written to RUN_DIR/metrics.json (or the dry-run summary)."""
     from writemypaper import models, weights
-    from writemypaper.config import save_config
 
     if model:
         cfg.model = model
-    validate(cfg, data, out, resume)
+    validate(cfg, data, out, resume, overwrite)
     out_dir = Path(out)
     ref = weights.resolve_model(cfg.model)
     tokenizer = models.load_tokenizer(ref, padding_side="right")
@@ -90,9 +118,8 @@ def train(cfg, data: str, out: str, model: str | None = None, resume: bool = Fal
     if dry_run:
         return _dry_run(cfg, ref, sizes)
 
+    run_record = _start_run(cfg, data, out_dir, overwrite and not resume)
     checkpoint = _resume_from(out_dir) if resume else None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
     trainer = build_trainer(cfg, ref, out_dir, train_ds, eval_ds, tokenizer)
     parameters = count_parameters(trainer.model)
     start = time.time()
@@ -102,8 +129,35 @@ def train(cfg, data: str, out: str, model: str | None = None, resume: bool = Fal
     metrics: dict = {}
     if trainer.is_world_process_zero():
         metrics = _run_metrics(trainer, result, cfg, checkpoint, runtime, sizes, parameters)
-        _write_run(trainer, tokenizer, out_dir, cfg, data, cfg.get("instruction"), metrics, trainer.state.log_history)
+        _write_run(trainer, tokenizer, out_dir, data, metrics, trainer.state.log_history, run_record)
     return metrics
+
+
+def _start_run(cfg, data: str, out_dir: Path, start_again: bool):
+    """Mark RUN_DIR as our run before training starts, with its record unfinished (so a killed run can be resumed,
+    and never looks finished); with --overwrite, the earlier run is removed first (validate made sure it is
+    ours). Only the main process writes; returns the record that _write_run finishes."""
+    import torch
+
+    from writemypaper import record
+    from writemypaper.config import save_config
+
+    rec = record.RunRecord(
+        kind="run", finished=False, base_model=cfg.model, instruction=cfg.get("instruction"),
+        preset=record.preset_name(cfg.get("source")), data_fingerprint=record.data_fingerprint(data),
+        settings={"overrides": list(cfg.get("overrides") or []), "max_steps": cfg.training.get("max_steps"),
+                  "num_train_epochs": cfg.training.get("num_train_epochs"),
+                  "accelerator": "cuda" if torch.cuda.is_available() else "cpu"},
+        device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", versions=record.versions())
+    if int(os.environ.get("RANK", "0")) == 0:
+        if start_again and out_dir.exists():
+            aside = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")  # clean_stale finishes a killed removal
+            os.rename(out_dir, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        record.write(out_dir, rec)
+        save_config(cfg, out_dir / "config.yaml")
+    return rec
 
 
 def _examples(cfg, data: str, tokenizer):
@@ -264,22 +318,31 @@ def _versions() -> dict:
             "peft": peft.__version__}
 
 
-def _write_run(trainer, tokenizer, out_dir: Path, cfg, data: str, instruction, metrics: dict, history) -> None:
-    """The adapter goes into a temporary directory first; adapter_config.json, which marks a finished run, is moved
-    in last so a run killed while writing never looks finished."""
-    from writemypaper.atomic import atomic_dir, atomic_write_json
+def _write_run(trainer, tokenizer, out_dir: Path, data: str, metrics: dict, history, rec) -> None:
+    """The adapter goes into a temporary folder first and is moved in with adapter_config.json last; then the
+    metrics, the curve, and the record, finished, last of all: a run killed at any point never looks finished."""
+    import tempfile
+
+    from writemypaper import record
+    from writemypaper.atomic import atomic_write_json, ordinary_modes
     from writemypaper.data import read_stats
 
-    final = out_dir / ".final"
-    with atomic_dir(final) as tmp:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{_ADAPTER_TMP}.tmp-{os.getpid()}-", dir=out_dir))
+    try:
         trainer.model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    names = sorted(p.name for p in final.iterdir())
-    for name in [n for n in names if n != "adapter_config.json"] + ["adapter_config.json"]:
-        os.replace(final / name, out_dir / name)
-    shutil.rmtree(final, ignore_errors=True)
-    atomic_write_json(out_dir / "writemypaper.json", {"base_model": cfg.model, "instruction": instruction})
+        ordinary_modes(tmp)
+        names = sorted(p.name for p in tmp.iterdir())
+        for name in [n for n in names if n != "adapter_config.json"] + ["adapter_config.json"]:
+            os.replace(tmp / name, out_dir / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     atomic_write_json(out_dir / "metrics.json", metrics)
     atomic_write_json(out_dir / "log_history.json", history)
     atomic_write_json(out_dir / "data_stats.json", read_stats(data))
     plot_losses(history, out_dir / "loss_curve.png")
+    rec.steps = metrics.get("global_step")
+    rec.train_loss = metrics.get("train_loss_last")
+    rec.eval_loss = metrics.get("eval_loss")
+    rec.finished = True
+    record.write(out_dir, rec)

@@ -18,7 +18,7 @@ EMBEDDED = "gemma3-270m"
 DEFAULT_MODEL = EMBEDDED
 # Files that mark a directory as a training run (base model + LoRA adapter) rather than a full model.
 ADAPTER_CONFIG = "adapter_config.json"
-RUN_INFO = "writemypaper.json"
+RUN_INFO = "writemypaper.json"  # the run record (record.py)
 
 
 def cache_root() -> Path:
@@ -109,9 +109,14 @@ def resolve_model(ref: str | None) -> str:
 
 def run_base_model(run_dir: str | os.PathLike) -> str:
     """The base model a training run was tuned from, as the user named it (so `gemma3-270m` stays portable)."""
-    info = Path(run_dir) / RUN_INFO
-    if info.is_file():
-        return json.loads(info.read_text(encoding="utf-8"))["base_model"]
+    from writemypaper import record
+
+    try:
+        rec = record.read(run_dir)
+    except record.RecordError as e:
+        raise UserError(str(e)) from None
+    if rec is not None and rec.base_model:
+        return rec.base_model
     return json.loads((Path(run_dir) / ADAPTER_CONFIG).read_text(encoding="utf-8"))["base_model_name_or_path"]
 
 

@@ -196,3 +196,94 @@ def test_demo_engine_choice(monkeypatch, capsys, tmp_path):
     assert resolve_engine("auto") == "llama.cpp"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_engine("auto") == "transformers" and resolve_engine("llama.cpp") == "llama.cpp"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# generate's words: a summary, or overrides whose key is a generate config key
+
+
+def test_a_summary_that_starts_like_an_override_stays_a_summary(monkeypatch):
+    from writemypaper import generate
+
+    seen = {}
+
+    def fake_run(cfg, model, summary, **kw):
+        seen.update(summary=summary, seed=cfg.generation.get("seed"), model=model)
+
+    monkeypatch.setattr(generate, "run", fake_run)
+    assert main(["generate", "x=3일 때 y=2x의 값은 6이다.", "--model", "runs/lr=1e-4", "generation.seed=7"]) == 0
+    assert seen == {"summary": "x=3일 때 y=2x의 값은 6이다.", "seed": 7, "model": "runs/lr=1e-4"}
+    # unquoted words: p=0.05 and a path holding `=` are text, model= and generation.* are overrides
+    assert main(["generate", "p=0.05에서", "유의하였다", "data/a=b.txt", "model=gemma3-270m"]) == 0
+    assert seen["summary"] == "p=0.05에서 유의하였다 data/a=b.txt" and seen["model"] is None
+
+
+def test_a_misspelt_key_is_refused_naming_the_key_it_resembles(capsys):
+    assert main(["generate", "요약", "temprature=0.3", "--model", "m"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["writemypaper: error: unknown config key 'temprature' (did you mean 'generation.temperature'?)"]
+    assert main(["generate", "요약", "generation.temprature=0.3", "batchsize=2", "--model", "m"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [  # every problem at once, as always
+        "writemypaper: error: unknown config key 'generation.temprature' (did you mean 'generation.temperature'?)",
+        "writemypaper: error: unknown config key 'batchsize' (did you mean 'batch_size'?)"]
+
+
+def test_generate_help_says_how_words_are_told_apart(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "is a config override when KEY is a key of the generate config" in out
+    assert "every other word is summary text" in out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# train without --config: the preset picked for the device, said in one line
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """torch.cuda's own functions answering as the board would (as tests/test_policy.py fakes them)."""
+    import types
+
+    import torch
+
+    def install(name, cap, smem, gib):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: name)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: cap)
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: types.SimpleNamespace(
+            major=cap[0], minor=cap[1], name=name, shared_memory_per_block_optin=smem,
+            total_memory=int(gib * 2**30)))
+
+    return install
+
+
+@pytest.mark.parametrize("board, preset, why", [
+    (("Tesla T4", (7, 5), 65536, 14.75), "gpu-16gb", "Tesla T4 has 15 GiB and no bf16 (sm 7.5)"),
+    (("NVIDIA L4", (8, 9), 101376, 22.0), "gpu-16gb", "99 KiB of shared memory per block, too little for flex"),
+    (("NVIDIA A10G", (8, 6), 166912, 14.0), "gpu-16gb", "`fast` wants 20 GiB"),
+    (("NVIDIA H100 80GB HBM3", (9, 0), 232448, 79.1), "fast", "NVIDIA H100 80GB HBM3 has 79 GiB and bf16 (sm 9.0)"),
+    (None, "cpu-demo", "no GPU found"),
+])
+def test_train_without_config_says_which_preset_and_why(fake_gpu, board, preset, why, monkeypatch, capsys):
+    from pathlib import Path
+
+    from writemypaper import train
+
+    if board:
+        fake_gpu(*board)
+    else:
+        import torch
+
+        assert not torch.cuda.is_available()
+    used = []
+    # the run itself is train's to test; here only which config it is handed
+    monkeypatch.setattr(train, "train", lambda cfg, **kw: used.append(Path(cfg.source).stem) or {})
+    assert main(["train", "--data", "d", "--out", "o", "lora.r=4"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"writemypaper: preset: {preset} (no --config given"), err
+    assert why in err[0] and used == [preset]
+    assert main(["train", "--config", "cpu-demo", "--data", "d", "--out", "o"]) == 0
+    assert capsys.readouterr().err == "" and used[-1] == "cpu-demo"  # a preset asked for is not announced

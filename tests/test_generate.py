@@ -97,6 +97,8 @@ def test_generate_kwargs_keep_transformers_own_penalty_off():
     ({"candidates": 4, "temperature": 0.0}, "needs sampling"),
     ({"candidates": 2, "num_return_sequences": 3}, "more than candidates"),
     ({"grounded": "yes"}, "grounded"),
+    ({"num_return_sequences": 3, "do_sample": False}, "num_return_sequences=3 needs sampling"),
+    ({"num_return_sequences": 2, "temperature": 0.0}, "num_return_sequences=2 needs sampling"),
 ])
 def test_bad_settings_are_one_line_errors(bad, message):
     with pytest.raises(UserError, match=message):
@@ -209,3 +211,71 @@ def test_generate_cli_rejects_candidates_with_greedy(tiny_gemma2_dir, capsys):
     assert main(["generate", SUMMARY, "--model", str(tiny_gemma2_dir), "--candidates", "3", "--greedy"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs sampling" in err[0]
+
+
+def test_generate_cli_refuses_several_greedy_abstracts_in_one_line(tiny_gemma2_dir, capsys):
+    """transformers refuses num_return_sequences > 1 without sampling with a ValueError: that was a traceback."""
+    from writemypaper.cli import main
+
+    assert main(["generate", SUMMARY, "--model", str(tiny_gemma2_dir), "--num-return-sequences", "3",
+                 "--greedy"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "num_return_sequences=3 needs sampling" in err[0]
+
+
+def test_a_cancelled_summary_ends_alone(tiny):
+    """cancelled(i) ends summary i's rows at the next token; the other summaries of the batch are written in full."""
+    settings = GenerationSettings(max_new_tokens=8, do_sample=False, grounded=False, repetition_penalty=1.0)
+    summaries = [SUMMARY, "25℃에서 세 차례 반복 측정하였다.", "권위주의적 태도가 줄었으나 속도에 차이가 있었다."]
+    full = tiny.generate(summaries, settings, batch_size=3, details=True)
+    cut = tiny.generate(summaries, settings, batch_size=3, details=True, cancelled=lambda i: i == 1)
+    assert [c["text"] for c in cut[0::2]] == [c["text"] for c in full[0::2]]
+    assert len(cut[1]["text"]) < len(full[1]["text"])
+    everything = tiny.generate(summaries, settings, batch_size=3, stop=lambda: True)
+    assert all(len(t[0]) < len(f["text"]) for t, f in zip(everything, full))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# --input files
+
+
+def test_csv_cells_that_span_lines_are_one_record(tmp_path):
+    import csv
+
+    from writemypaper.generate import read_inputs
+
+    rows = [{"id": "1", "summary": "첫 줄,\n둘째 줄에 \"인용\"과 x=3이 있다."}, {"id": "2", "summary": "한 줄 요약\r\n끝"}]
+    path = tmp_path / "in.csv"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, ["id", "summary"])
+        w.writeheader()
+        w.writerows(rows)
+    assert read_inputs(path) == rows
+
+
+@pytest.mark.parametrize("content, needle", [
+    ('id,summary\n1,"닫히지 않은 따옴표\n2,다음 줄\n', "not readable as CSV"),
+    ("id,summary\n1,쉼표가, 있는 요약\n", "in.csv:2: 3 cells in a row under a header of 2"),
+])
+def test_malformed_csv_is_one_line(tmp_path, content, needle):
+    from writemypaper.generate import read_inputs
+
+    (tmp_path / "in.csv").write_text(content, encoding="utf-8")
+    with pytest.raises(UserError, match=needle):
+        read_inputs(tmp_path / "in.csv")
+
+
+def test_a_txt_summary_keeps_a_form_feed(tmp_path):
+    from writemypaper.generate import read_inputs
+
+    (tmp_path / "in.txt").write_text("PDF에서 복사한\x0c요약\n둘째\r\n", encoding="utf-8")
+    assert [r["summary"] for r in read_inputs(tmp_path / "in.txt")] == ["PDF에서 복사한\x0c요약", "둘째"]
+
+
+@pytest.mark.parametrize("content", ["{not json", '["a list"]', '{"instruction": 3}'])
+def test_a_damaged_run_record_is_one_line(tmp_path, content):
+    from writemypaper.generate import _run_instruction
+
+    (tmp_path / "writemypaper.json").write_text(content, encoding="utf-8")
+    with pytest.raises(UserError, match="writemypaper.json"):
+        _run_instruction(str(tmp_path))

@@ -273,3 +273,89 @@ def test_serve_answers_from_a_gguf_model_through_llamacpp():
         parts = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
             model="q4", messages=messages, max_tokens=24, temperature=0, stream=True) if c.choices]
         assert "".join(parts).strip() == text.strip()
+
+
+def test_llamacpp_candidates_are_ranked_as_transformers_ranks_them(tmp_path, capsys):
+    """`generate --model X.gguf --candidates N` once ended in a TypeError: llama.cpp's engine took no `details`.
+    Its candidates now carry the fact check and a mean log-probability (negative, from the raw logits), best first
+    by the same key as the transformers engine."""
+    pytest.importorskip("llama_cpp")
+    from writemypaper.cli import main
+    from writemypaper.generate import GenerationSettings, Generator
+
+    path = str(gguf_export.embedded_gguf_path())
+    gen = Generator.load(path)
+    settings = GenerationSettings(max_new_tokens=16, candidates=3, temperature=1.0, seed=1)
+    [d] = gen.generate([SUMMARIES[0]], settings, details=True)
+    cands = d["candidates"]
+    assert len(cands) == 3 and d["text"] == cands[0]["text"]
+    keys = [(len(c["unsupported"]), -c["coverage"], -c["mean_logprob"]) for c in cands]
+    assert keys == sorted(keys) and all(c["mean_logprob"] < 0 for c in cands)
+    assert gen.generate([SUMMARIES[0]], settings) == [[d["text"]]]
+    assert main(["generate", SUMMARIES[0], "--model", path, "--candidates", "2", "--max-new-tokens", "12"]) == 0
+    assert "best of 2 candidates" in capsys.readouterr().err
+    out = tmp_path / "c.jsonl"
+    assert main(["generate", "--input", str(_summaries_file(tmp_path)), "--model", path, "--candidates", "2",
+                 "--max-new-tokens", "12", "--save-candidates", "--out", str(out)]) == 0
+    import json
+
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 2 and all(len(r["candidates"]) == 2 and r["candidates"][0]["mean_logprob"] < 0 for r in rows)
+
+
+def _summaries_file(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_text("\n".join(SUMMARIES[:2]) + "\n", encoding="utf-8")
+    return path
+
+
+def test_llamacpp_mean_logprob_is_the_models_own(embedded):
+    """The mean log-probability of a greedy abstract equals llama.cpp's teacher-forced log-probabilities of the
+    tokens it wrote and the end-of-turn that ended them."""
+    pytest.importorskip("llama_cpp")
+    from writemypaper.generate import GenerationSettings
+    from writemypaper.llamacpp import LlamaCppGenerator, _is_eog, load_llama, next_token_logprobs
+
+    _, _, files = embedded
+    gen = LlamaCppGenerator.load(str(files["q8_0"]), n_ctx=1024)
+    settings = GenerationSettings(max_new_tokens=12, do_sample=False, repetition_penalty=1.0, grounded=False)
+    [d] = gen.generate([SUMMARIES[1]], settings, details=True)
+    prompt = gen.encode(SUMMARIES[1])
+    written = []  # the greedy tokens, the end-of-turn that ends them included
+    for tok in gen.llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
+        written.append(int(tok))
+        if _is_eog(gen.llm, tok) or len(written) >= 12:
+            break
+    assert gen.llm.detokenize([t for t in written if not _is_eog(gen.llm, t)]).decode().strip() == d["text"]
+    llm = load_llama(files["q8_0"], n_ctx=1024, logits_all=True)
+    try:
+        logp = next_token_logprobs(llm, prompt + written)[len(prompt) - 1:]
+    finally:
+        llm.close()
+    # batched (teacher-forced) and one-token-at-a-time evaluation round differently in the quantized matmuls
+    assert abs(d["candidates"][0]["mean_logprob"] - float(logp.mean())) < 1e-2
+
+
+def test_llamacpp_cancelling_one_summary_leaves_the_others_whole(embedded):
+    """The server batches requests with equal settings; a client that goes away cancels its own summary only.
+    `stop()` still ends them all."""
+    pytest.importorskip("llama_cpp")
+    from writemypaper.generate import GenerationSettings
+    from writemypaper.llamacpp import LlamaCppGenerator
+
+    _, _, files = embedded
+    gen = LlamaCppGenerator.load(str(files["q8_0"]), n_ctx=1024)
+    settings = GenerationSettings(max_new_tokens=16, do_sample=False, repetition_penalty=1.0)
+    full = gen.generate(SUMMARIES[:3], settings)
+    asked = []
+
+    def cancelled(i):
+        asked.append(i)
+        return i == 1 and asked.count(1) > 2  # summary 1's client leaves after its second token
+
+    cut = gen.generate(SUMMARIES[:3], settings, cancelled=cancelled)
+    assert cut[0] == full[0] and cut[2] == full[2]
+    assert len(cut[1][0]) < len(full[1][0])
+    assert gen.generate(SUMMARIES[:3], settings, cancelled=lambda i: i != 2)[2] == full[2]
+    stopped = gen.generate(SUMMARIES[:3], settings, stop=lambda: True)
+    assert all(len(s[0]) < len(f[0]) for s, f in zip(stopped, full))

@@ -116,7 +116,7 @@ def test_directory_walk_is_sorted_and_skips_prepared_dirs(tmp_path, make_doc):
     write_json(root / "0.json", [make_doc("Z")])
     out = root / "prepared"
     run([root], out)
-    stats = run([root], out)  # the second run must not read the first run's stats.json
+    stats = run([root], out, overwrite=True)  # the second run must not read the first run's stats.json
     names = [i["path"][len(str(root)) + 1:] for i in stats["inputs"]]
     assert names == ["0.json", "a/1.json", "b/2.json"]
     # a file named directly and again through its directory is read once, so nothing counts as a duplicate
@@ -388,8 +388,9 @@ def test_stats_json(tmp_path, make_doc):
     stats = run([corpus], tmp_path / "out", granularity="both", seed=3, min_chars=5)
     assert json.loads((tmp_path / "out" / "stats.json").read_text(encoding="utf-8")) == stats
     assert stats["options"] == {"inputs": [str(corpus)], "granularity": "both", "val_fraction": 0.1,
-                                "test_fraction": 0.1, "seed": 3, "min_chars": 5, "max_chars": 4000}
-    assert stats["inputs"] == [{"path": str(corpus), "documents": 20}]
+                                "test_fraction": 0.1, "seed": 3, "min_chars": 5, "max_chars": 4000,
+                                "split": "random"}
+    assert stats["inputs"] == [{"path": str(corpus), "documents": 20}] and stats["skipped_files"] == []
     for s in stats["splits"].values():
         assert s["documents"] == sum(f["documents"] for f in s["fields"].values())
     lengths = stats["lengths"]
@@ -401,7 +402,7 @@ def test_stats_json(tmp_path, make_doc):
         p = lengths[k]
         assert 0 < p["p50"] <= p["p90"] <= p["p99"] <= p["max"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "stats.json", "test.parquet", "train.parquet", "validation.parquet"]
+        "stats.json", "test.parquet", "train.parquet", "validation.parquet", "writemypaper.json"]
 
 
 def test_table_is_printed(tmp_path, make_doc, capsys):
@@ -460,11 +461,11 @@ def test_failed_run_keeps_the_previous_dir(tmp_path, make_doc, monkeypatch):
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     _fail_writing(monkeypatch)
     with pytest.raises(OSError, match="disk full"):
-        run([corpus], out, seed=2)
+        run([corpus], out, seed=2, overwrite=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.json", "out"]
     monkeypatch.undo()
-    run([corpus], out, seed=2)  # a successful run replaces it
+    run([corpus], out, seed=2, overwrite=True)  # a successful run replaces it
     assert data.read_stats(out)["options"]["seed"] == 2
 
 
@@ -478,3 +479,66 @@ def test_out_that_is_not_a_prepared_dir_is_not_replaced(tmp_path, make_doc):
     with pytest.raises(UserError, match="would replace the input"):
         run([corpus], tmp_path)
     assert (precious / "thesis.txt").read_text() == "내 논문"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# a folder as AIHub ships it: a stray meta.json, and its own Training/Validation split
+
+
+def test_a_stray_json_in_a_folder_is_skipped_with_its_reason(tmp_path, make_doc, capsys):
+    write_json(tmp_path / "in" / "corpus.json", [{"data": [make_doc(f"D{i}") for i in range(5)]}])
+    write_json(tmp_path / "in" / "meta.json", {"dataset": "논문자료 요약", "version": "1.0"})
+    with zipfile.ZipFile(tmp_path / "in" / "more.zip", "w") as zf:
+        zf.writestr("labels/E1.json", json.dumps([make_doc("E1")], ensure_ascii=False))
+        zf.writestr("labels/info.json", '"설명"')
+    out = tmp_path / "out"
+    assert cli.main(["prepare", "--input", str(tmp_path / "in"), "--out", str(out), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert f"writemypaper: skipped {tmp_path / 'in' / 'meta.json'}: not a corpus file" in err
+    assert "more.zip:labels/info.json: not a corpus file" in err
+    stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    assert stats["totals"]["documents"] == 6
+    assert [f["path"] for f in stats["skipped_files"]] == [str(tmp_path / "in" / "meta.json"),
+                                                           f"{tmp_path / 'in' / 'more.zip'}:labels/info.json"]
+
+
+def _aihub(root, make_doc, training="1.Training", validation="2.Validation", n=12):
+    """AIHub's layout: labels under numbered Training/Validation folders, zipped on the Training side."""
+    train_ids = [f"T{i:02d}" for i in range(n)]
+    val_ids = [f"V{i:02d}" for i in range(n // 3)]
+    (root / training / "라벨링데이터").mkdir(parents=True)
+    with zipfile.ZipFile(root / training / "라벨링데이터" / "TL_논문.zip", "w") as zf:
+        zf.writestr("TL_논문/part1.json", json.dumps([{"data": [make_doc(d) for d in train_ids]}], ensure_ascii=False))
+    write_json(root / validation / "라벨링데이터" / "VL_논문.json", [{"data": [make_doc(d) for d in val_ids]}])
+    write_json(root / "meta.json", {"name": "논문자료 요약"})
+    return set(train_ids), set(val_ids)
+
+
+@pytest.mark.parametrize("training, validation", [("1.Training", "2.Validation"), ("Training", "Validation"),
+                                                  ("01.훈련데이터", "02.검증데이터")])
+def test_split_aihub_keeps_aihubs_own_folders(tmp_path, make_doc, capsys, training, validation):
+    train_ids, val_ids = _aihub(tmp_path / "aihub", make_doc, training, validation)
+    out = tmp_path / "out"
+    assert cli.main(["prepare", "--input", str(tmp_path / "aihub"), "--out", str(out), "--split", "aihub",
+                     "--val-fraction", "0.25", "-q"]) == 0
+    ids = split_ids(out)
+    assert ids["test"] == val_ids  # AIHub's Validation is what papers report on: our test split
+    assert ids["train"] | ids["validation"] == train_ids and len(ids["validation"]) == 3
+    assert "--split aihub: AIHub's Validation is the test split" in capsys.readouterr().err
+    assert json.loads((out / "stats.json").read_text(encoding="utf-8"))["options"]["split"] == "aihub"
+
+
+def test_split_aihub_refuses_a_layout_without_its_folders(tmp_path, make_doc, capsys):
+    write_json(tmp_path / "flat" / "a.json", [make_doc("D1"), make_doc("D2")])
+    out = tmp_path / "out"
+    assert cli.main(["prepare", "--input", str(tmp_path / "flat"), "--out", str(out), "--split", "aihub", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--split aihub: no Training or Validation folder" in err
+    # documents outside the two folders, or a Training folder alone, are refused too
+    _aihub(tmp_path / "mixed", make_doc)
+    write_json(tmp_path / "mixed" / "extra" / "b.json", [make_doc("X1")])
+    with pytest.raises(UserError, match=r"1 documents lie under no Training or Validation folder .*b\.json"):
+        run([tmp_path / "mixed"], out, split="aihub")
+    with pytest.raises(UserError, match="no documents under a Validation folder"):
+        run([tmp_path / "mixed" / "1.Training"], out, split="aihub")
+    assert not out.exists()

@@ -11,6 +11,7 @@ docstring is the verb's line in `writemypaper --help`; the rest is its `writemyp
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import textwrap
@@ -65,20 +66,25 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
-    """Separate `key=value` config overrides from free text (a summary given on the command line)."""
-    overrides = [a for a in items if _OVERRIDE.match(a)]
-    rest = [a for a in items if not _OVERRIDE.match(a)]
-    return overrides, rest
+def _split_overrides(items: list[str], kind: str | None = None) -> tuple[list[str], list[str]]:
+    """Separate `key=value` config overrides from other words. With `kind`, a word is an override only when its key
+    is a key of that kind's config (config.is_override), so a summary such as `x=3일 때`, or a path holding `=`,
+    stays text; a word that looks like a mistyped key (`temprature=0.3`) is refused, naming the key it resembles.
+    Without `kind`, every `name=value` word is an override (evaluate's --decodings, where no decoding holds `=`)."""
+    if kind is None:
+        return [a for a in items if _OVERRIDE.match(a)], [a for a in items if not _OVERRIDE.match(a)]
+    from writemypaper.config import split_overrides
+
+    return split_overrides(items, kind)
 
 
-def _config_option(p: argparse.ArgumentParser, kind: str, default: str) -> None:
+def _config_option(p: argparse.ArgumentParser, kind: str, default: str | None, unset: str = "") -> None:
     """--config: a preset of this verb's kind (accelerate's launcher configs and other verbs' presets are refused by
-    config.preset_path) or a YAML file."""
+    config.preset_path) or a YAML file. `unset` says what happens without one, where the default is None."""
     from writemypaper.config import available_presets  # cheap: yaml only
 
     p.add_argument("--config", default=default, metavar="PRESET|FILE",
-                   help=f"{kind} preset ({', '.join(available_presets(kind))}) or a YAML file")
+                   help=f"{kind} preset ({', '.join(available_presets(kind))}) or a YAML file{unset}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -97,22 +103,34 @@ def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-chars", type=_positive_int, default=4000, help="skip pairs whose original is longer than this")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any record was skipped")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--split", choices=["random", "aihub"], default="random",
+                   help="random: by document, stratified by field; aihub: keep AIHub's own Training/Validation "
+                        "folders (Validation becomes test, validation is drawn from Training)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out where it holds this verb's own earlier output (never a folder writemypaper did "
+                        "not write)")
 
 
 def cmd_prepare(a: argparse.Namespace) -> int:
     """read the 논문자료 요약 corpus (json, jsonl, directories, zips), check it and split it
 
     Read the AIHub 논문자료 요약 corpus in any layout it ships in, normalise and check every summary/original pair, and
-    write train/validation/test splits (by document, stratified by field) plus stats.json.
+    write train/validation/test splits (by document, stratified by field) plus stats.json. A .json file in a folder
+    that holds no corpus (a meta.json) is skipped, with its reason on stderr.
 
-    example:
+    --split aihub keeps AIHub's own split, as papers on this corpus report it: the documents under its Training
+    folder (Training, 1.Training, 훈련, 훈련데이터) are train, with validation drawn from them by --val-fraction, and
+    those under Validation (검증) are test. A layout without those folders is refused.
+
+    examples:
       writemypaper prepare --input data/sample --out prepared
+      writemypaper prepare --input "논문자료 요약/01.데이터" --out prepared --split aihub
     """
     from writemypaper import data
 
     stats = data.prepare(inputs=a.input, out=a.out, granularity=a.granularity, val_fraction=a.val_fraction,
                          test_fraction=a.test_fraction, seed=a.seed, min_chars=a.min_chars, max_chars=a.max_chars,
-                         progress=not a.quiet)
+                         progress=not a.quiet, overwrite=a.overwrite, split=a.split)
     data.print_stats(stats, a.out)
     skipped = sum(stats["skipped"].values())
     if a.strict and skipped:
@@ -126,12 +144,14 @@ def cmd_prepare(a: argparse.Namespace) -> int:
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    _config_option(p, "train", "cpu-demo")
+    _config_option(p, "train", None, unset=" (default: picked for this machine's device, and said on stderr)")
     p.add_argument("--data", required=True, metavar="DIR", help="a directory written by `writemypaper prepare`")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="where the adapter, logs and metrics go")
     p.add_argument("--model", default=None,
                    help="Hub id, local directory or 'gemma3-270m' (default: the preset's model)")
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in RUN_DIR")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start RUN_DIR again where it holds an earlier run (never a folder writemypaper did not write)")
     p.add_argument("--dry-run", action="store_true",
                    help="check everything, print the resolved config, trainable parameters and dataset sizes, then "
                         "exit")
@@ -144,6 +164,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     Fine-tune a Gemma chat model on prepared splits with LoRA (or QLoRA in 4-bit on a GPU), evaluating the validation
     loss as it goes, with early stopping, resumable checkpoints, TensorBoard logs and a loss-curve PNG.
 
+    Without --config, the preset is picked for this machine's device, and one line on stderr says which and why:
+    cpu-demo with no GPU; gpu-16gb on a GPU without native bf16 (a T4), with too little shared memory for flex
+    attention (an L4) or under 20 GiB; fast otherwise.
+
     Override any preset key with KEY=VALUE, e.g. training.learning_rate=1e-4 lora.r=16 training.max_steps=100. Every
     key, type and range is checked before anything loads, and every problem is reported at once.
 
@@ -154,8 +178,15 @@ def cmd_train(a: argparse.Namespace) -> int:
     """
     from writemypaper import config, train
 
+    if a.config is None:
+        from writemypaper.policy import pick_train_preset
+
+        a.config, why = pick_train_preset()
+        if os.environ.get("RANK", "0") == "0":  # every process of `accelerate launch` picks the same
+            print(f"writemypaper: preset: {a.config} ({why})", file=sys.stderr)
     cfg = config.load_config(a.config, a.overrides, kind="train")
-    metrics = train.train(cfg, data=a.data, out=a.out, model=a.model, resume=a.resume, dry_run=a.dry_run)
+    metrics = train.train(cfg, data=a.data, out=a.out, model=a.model, resume=a.resume, dry_run=a.dry_run,
+                          overwrite=a.overwrite)
     if not a.dry_run and metrics:
         first, last = metrics.get("train_loss_first"), metrics.get("train_loss_last")
         print(f"trained {metrics['global_step']} steps in {metrics['train_runtime_s']:.0f} s; train loss "
@@ -170,7 +201,9 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     preset = "(default: the preset's)"
-    p.add_argument("args", nargs="*", metavar="SUMMARY|KEY=VALUE", help="a summary, and/or config overrides")
+    p.add_argument("args", nargs="*", metavar="SUMMARY|KEY=VALUE",
+                   help="a summary, and/or config overrides: KEY=VALUE is an override only where KEY is a generate "
+                        "config key (see above); any other word is summary text")
     p.add_argument("--model", default=None, help=f"base model, training run or export {preset}")
     _config_option(p, "generate", "generate")
     p.add_argument("--input", default=None, metavar="FILE", help=".txt (a summary a line), .jsonl or .csv with 'summary'")
@@ -210,6 +243,11 @@ def cmd_generate(a: argparse.Namespace) -> int:
     the one with the fewest unsupported facts, then the most coverage of the summary, then the highest mean
     log-probability. Every JSONL row records the settings it was written with.
 
+    A word of the form KEY=VALUE is a config override when KEY is a key of the generate config (model, precision,
+    instruction, batch_size, generation.temperature and the other generation.* keys); every other word is summary
+    text, `x=3일 때` and paths holding `=` included. A word that looks like a misspelt key (temprature=0.3) is
+    refused, naming the key it resembles: put such a summary in a file and give it with --input.
+
     examples:
       writemypaper generate "한ㆍ중ㆍ일 세 나라의 정치 태도를 비교하였다." --model runs/demo
       writemypaper generate --input summaries.txt --model runs/demo --out abstracts.jsonl
@@ -218,7 +256,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     """
     from writemypaper import config, generate
 
-    overrides, text = _split_overrides(a.args)
+    overrides, text = _split_overrides(a.args, kind="generate")
     flags = {"temperature": a.temperature, "top_p": a.top_p, "top_k": a.top_k, "repetition_penalty": a.repetition_penalty,
              "max_new_tokens": a.max_new_tokens, "num_return_sequences": a.num_return_sequences, "seed": a.seed,
              "candidates": a.candidates}
@@ -246,6 +284,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
                    help="score existing outputs: JSONL with summary, reference and prediction (or `generated`, as "
                         "`generate --split test --out FILE` writes it)")
     p.add_argument("--out", required=True, metavar="DIR", help="scores.json and report.html go here")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out where it holds this verb's own earlier output (never a folder writemypaper did "
+                        "not write)")
     p.add_argument("-n", type=_positive_int, default=None, help="number of test pairs (default: the preset's n_samples)")
     p.add_argument("--decodings", nargs="+", default=None, metavar="DECODING",
                    help="plain, grounded, plain+N or grounded+N (best of N) (default: the preset's decodings)")
@@ -276,7 +317,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     if decodings:
         cfg.decodings = decodings
     models = evaluate.parse_models(a.models) if a.models else None
-    scores = evaluate.evaluate(cfg, out=a.out, models=models, data=a.data, predictions=a.predictions)
+    scores = evaluate.evaluate(cfg, out=a.out, models=models, data=a.data, predictions=a.predictions,
+                               overwrite=a.overwrite)
     print(evaluate.summary_table(scores))
     print(f"report: {a.out}/report.html")
     return 0
@@ -302,6 +344,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="require 'Authorization: Bearer KEY' on /v1 (default: $WRITEMYPAPER_API_KEY, else none)")
     p.add_argument("--allow-no-key", action="store_true",
                    help="serve a non-loopback --host without an API key (refused otherwise)")
+    p.add_argument("--fact-check", action=argparse.BooleanOptionalAction, default=True,
+                   help="check each answer's facts against the summary with Kiwi (default: on); --no-fact-check "
+                        "serves without Kiwi's model, as on a machine that cannot hold it")
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
@@ -313,7 +358,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     To serve beyond this machine (a lab server, a tunnel from Colab), require a key: --api-key KEY or
     WRITEMYPAPER_API_KEY; clients send 'Authorization: Bearer KEY' (the openai client's api_key), the page asks for it
-    once.
+    once. --no-fact-check serves without the fact check, so without Kiwi and its model.
 
     examples:
       writemypaper serve --model runs/demo --port 8000
@@ -324,7 +369,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     serve.main(model=a.model, host=a.host, port=a.port, precision=a.precision, max_input_chars=a.max_input_chars,
                max_new_tokens=a.max_new_tokens, min_temperature=a.min_temperature, max_temperature=a.max_temperature,
                queue_depth=a.queue_depth, max_batch_size=a.max_batch_size, api_key=a.api_key,
-               allow_no_key=a.allow_no_key)
+               allow_no_key=a.allow_no_key, fact_check=a.fact_check)
     return 0
 
 
@@ -344,6 +389,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write OUT/<name>-TYPE.gguf and a Modelfile: f16, bf16, q8_0 (8-bit, half f16's size) "
                         "or q4_0 (4-bit; the embedding stays 8-bit)")
     p.add_argument("--no-safetensors", action="store_true", help="with --gguf, write only the GGUF side")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out where it holds this verb's own earlier output (never a folder writemypaper did "
+                        "not write)")
 
 
 def cmd_export(a: argparse.Namespace) -> int:
@@ -363,7 +411,8 @@ def cmd_export(a: argparse.Namespace) -> int:
     from writemypaper import export
 
     path = export.export(a.run_dir, a.out, scores=a.scores, precision=a.precision, push_to_hub=a.push_to_hub,
-                         private=not a.public, gguf=a.gguf, safetensors=not a.no_safetensors)
+                         private=not a.public, gguf=a.gguf, safetensors=not a.no_safetensors,
+                         overwrite=a.overwrite)
     if not a.no_safetensors:
         print(f"merged model written to {path}")
     if a.gguf:
@@ -389,6 +438,8 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
                    help="what decodes the evaluation: llama.cpp runs q8_0 GGUF exports of base and tuned (1.4x "
                         "transformers' tokens/s on a CPU, same quality; needs the llamacpp extra); auto picks it on "
                         "a machine without a GPU when the extra is installed, transformers otherwise")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start OUT again where it holds a finished demo (an unfinished one is carried on without it)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="cpu-demo preset overrides")
 
 
@@ -406,7 +457,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from writemypaper import demo
 
     demo.demo(out=a.out, steps=a.steps, eval_samples=a.eval_samples, max_new_tokens=a.max_new_tokens,
-              engine=a.engine, overrides=a.overrides)
+              engine=a.engine, overrides=a.overrides, overwrite=a.overwrite)
     return 0
 
 
@@ -455,15 +506,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    import warnings
+    from writemypaper.logs import quiet_libraries
 
-    # Deprecation notices from the libraries underneath speak to library authors, not to our users.
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    import logging
-
-    # bitsandbytes warns at import on CPUs with AVX512-BF16 that an optional Hub-hosted kernel is missing; its CPU
-    # 4-bit path (used to rebuild a QLoRA run's NF4 base) works without it.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # Library warnings and log lines would sit above our one-line errors and read as their cause (logs.py).
+    quiet_libraries()
     try:
         return int(args.func(args) or 0)
     except UserError as e:

@@ -96,7 +96,7 @@ def check_against_presets(values: dict, schema: dict, prefix: str = "", open_sec
     for key, value in values.items():
         name = f"{prefix}{key}"
         if key not in schema:
-            problems.append(f"unknown config key '{name}'{did_you_mean(key, schema, prefix)}")
+            problems.append(f"unknown config key '{name}'{nearest_key(key, schema, prefix)}")
         elif isinstance(schema[key], dict):
             if key in open_sections:
                 continue
@@ -107,6 +107,47 @@ def check_against_presets(values: dict, schema: dict, prefix: str = "", open_sec
         elif schema[key] is not None and value is not None and not matches(value, type(schema[key])):
             problems.append(f"{name}={show(value)} is not {describe(type(schema[key]))}")
     return problems
+
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def is_override(word: str, kind: str) -> bool:
+    """Whether a command-line word is a `key=value` override of a `kind` config rather than text: its key (before
+    the first `=`) is a dotted name whose first part is a key of that kind's presets. `x=3일 때` and `runs/a=b` are
+    text; `generation.temprature=0.3` is an override, for load_config to refuse with a suggestion."""
+    key, sep, _ = word.partition("=")
+    return bool(sep) and _KEY.fullmatch(key) is not None and key.split(".")[0] in _schema(kind)
+
+
+def looks_like_override(word: str) -> bool:
+    """`name=value` with an ASCII dotted name and no spaces: what a mistyped override looks like."""
+    key, sep, value = word.partition("=")
+    return bool(sep) and _KEY.fullmatch(key) is not None and not any(c.isspace() for c in value)
+
+
+def nearest_key(key: str, schema: dict, prefix: str = "") -> str:
+    """' (did you mean ...?)' for an unknown key: the closest key of this level, else the closest one a section down
+    (`temprature` -> 'generation.temperature'); '' when nothing is close."""
+    import difflib
+
+    hint = did_you_mean(key, schema, prefix)
+    if hint:
+        return hint
+    nested = {k: f"{section}.{k}" for section, v in schema.items() if isinstance(v, dict) for k in v}
+    close = difflib.get_close_matches(key, list(nested), n=1, cutoff=0.6)
+    return f" (did you mean '{prefix}{nested[close[0]]}'?)" if close else ""
+
+
+def split_overrides(words: list[str], kind: str) -> tuple[list[str], list[str]]:
+    """(overrides, other words) of a verb whose positionals mix text and overrides (generate's summary): a word is
+    an override when `is_override` says so, or when it looks like one whose key is misspelt (`temprature=0.3`), so
+    that load_config refuses it with the key it resembles, together with every other problem."""
+    overrides, rest = [], []
+    for word in words:
+        misspelt = looks_like_override(word) and nearest_key(word.partition("=")[0], _schema(kind))
+        (overrides if is_override(word, kind) or misspelt else rest).append(word)
+    return overrides, rest
 
 
 def load_config(name: str, overrides: list[str] | None = None, kind: str | None = None):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zipfile
 import zlib
 from collections import Counter
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from writemypaper.errors import UserError
-from writemypaper.text import decode, jsonl_values, normalize
+from writemypaper.text import decode, jsonl_values, nfc, normalize
 
 GRANULARITIES = ("entire", "section", "both")
 # Every reason a record can be skipped for; stats.json always lists all of them, so the keys are stable.
@@ -34,9 +35,21 @@ SKIP_REASONS = (
 
 _SUFFIXES = (".json", ".jsonl", ".zip")
 
+# AIHub ships its own split as folders: Training and Validation, numbered (1.Training, 01.Validation) or in Korean
+# (훈련, 검증; 훈련데이터), with the labels below them (1.Training/라벨링데이터/TL_*.zip). `prepare --split aihub` keeps it.
+AIHUB_FOLDERS = {
+    "training": "train", "train": "train", "훈련": "train", "훈련데이터": "train", "학습": "train", "학습데이터": "train",
+    "validation": "validation", "valid": "validation", "val": "validation", "검증": "validation",
+    "검증데이터": "validation", "test": "test", "testing": "test", "테스트": "test", "시험": "test",
+}
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # reading: one file's raw JSON at a time
+
+
+class NotCorpus(UserError):
+    """Well-formed JSON that holds no documents (a dataset's meta.json): `prepare` skips such a file, naming it."""
 
 
 def _parse_json(text: str, where: str) -> Any:
@@ -44,6 +57,8 @@ def _parse_json(text: str, where: str) -> Any:
         raise UserError(f"{where}: empty file, no JSON in it")
     try:
         return json.loads(text)
+    except RecursionError:  # json's parser recurses once per nesting level
+        raise UserError(f"{where}: JSON nested too deeply to be a corpus file") from None
     except json.JSONDecodeError as e:
         if e.pos >= len(text.rstrip()):
             raise UserError(f"{where}: truncated JSON: it ends at line {e.lineno}, column {e.colno} ({e.msg})") from None
@@ -61,7 +76,7 @@ def _documents(value: Any, where: str, skipped: Counter) -> Iterator[Any]:
         value = [value]
     if not isinstance(value, list):
         found = f"an object with keys {sorted(value)[:5]}" if isinstance(value, dict) else f"a JSON {type(value).__name__}"
-        raise UserError(f"{where}: not a corpus file: expected a list of documents, a {{\"data\": [...]}} wrapper "
+        raise NotCorpus(f"{where}: not a corpus file: expected a list of documents, a {{\"data\": [...]}} wrapper "
                         f"or a list of wrappers, found {found}")
     for item in value:
         if _is_wrapper(item):
@@ -81,7 +96,21 @@ def _jsonl_documents(lines: Iterable[bytes], where: str, skipped: Counter) -> It
             skipped["wrong_type"] += 1
 
 
-def _zip_documents(zf: zipfile.ZipFile, where: str, skipped: Counter) -> Iterator[tuple[str, Any]]:
+def _json_documents(raw: bytes, where: str, skipped: Counter, stray) -> list[Any]:
+    """The documents of one .json file's bytes. A file of well-formed JSON that is no corpus goes to `stray(where,
+    reason)` and gives none; without `stray` it is an error. Parsed whole before any document is yielded, so a
+    file is either read or skipped, never half read."""
+    value = _parse_json(decode(raw, where), where)
+    try:
+        return list(_documents(value, where, skipped))
+    except NotCorpus as e:
+        if stray is None:
+            raise
+        stray(where, str(e)[len(where) + 2:])  # the message without its leading "WHERE: "
+        return []
+
+
+def _zip_documents(zf: zipfile.ZipFile, where: str, skipped: Counter, stray=None) -> Iterator[tuple[str, Any]]:
     found = 0
     for name in sorted(zf.namelist()):
         base = name.rstrip("/").rsplit("/", 1)[-1]
@@ -91,38 +120,66 @@ def _zip_documents(zf: zipfile.ZipFile, where: str, skipped: Counter) -> Iterato
         found += 1
         label = f"{where}:{name}"
         if suffix == ".json":
-            yield from ((label, d) for d in _documents(_parse_json(decode(zf.read(name), label), label), label, skipped))
+            yield from ((label, d) for d in _json_documents(zf.read(name), label, skipped, stray))
         elif suffix == ".jsonl":
             with zf.open(name) as f:
                 yield from ((label, d) for d in _jsonl_documents(f, label, skipped))
         else:  # a zip inside the zip: read through without extracting it
             with zf.open(name) as f, zipfile.ZipFile(f) as inner:
-                yield from _zip_documents(inner, label, skipped)
+                yield from _zip_documents(inner, label, skipped, stray)
     if not found:
         raise UserError(f"{where}: the zip archive holds no .json or .jsonl file")
 
 
-def read_path(path: Path, skipped: Counter) -> Iterator[tuple[str, Any]]:
-    """(source label, document) for every document in one input file."""
+def read_path(path: Path, skipped: Counter, stray=None) -> Iterator[tuple[str, Any]]:
+    """(source label, document) for every document in one input file; a zip member's label is `ZIP:MEMBER`.
+    `stray(label, reason)` hears of each .json file that is well-formed JSON but no corpus (skipped); without it,
+    such a file is an error."""
     where = str(path)
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
             with open(path, "rb") as f:
-                value = _parse_json(decode(f.read(), where), where)
-            yield from ((where, d) for d in _documents(value, where, skipped))
+                raw = f.read()
+            yield from ((where, d) for d in _json_documents(raw, where, skipped, stray))
         elif suffix == ".jsonl":
             with open(path, "rb") as f:
                 yield from ((where, d) for d in _jsonl_documents(f, where, skipped))
         else:
             with zipfile.ZipFile(path) as zf:
-                yield from _zip_documents(zf, where, skipped)
+                yield from _zip_documents(zf, where, skipped, stray)
+    except RecursionError:  # a .jsonl line nested thousands deep
+        raise UserError(f"{where}: JSON nested too deeply to be a corpus file") from None
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
         raise UserError(f"{where}: not a readable zip archive ({e})") from None
     except (NotImplementedError, RuntimeError) as e:  # Deflate64 (Windows' zip for big files) or a password
         raise UserError(f"{where}: cannot read this zip archive ({e}); extract it and give the directory") from None
     except OSError as e:
         raise UserError(f"{where}: cannot read it: {e.strerror or e}") from None
+
+
+def aihub_part(folders: Iterable[str]) -> str | None:
+    """"train", "validation" or "test" for the outermost of `folders` named as AIHub names its splits (a zip counts
+    as a folder: Training.zip), or None. Names match whole, so test_results or trainer are no split."""
+    for name in folders:
+        stem = re.sub(r"^[\d\s._-]+", "", nfc(name)).lower()
+        stem = stem[:-4] if stem.endswith(".zip") else stem
+        if stem in AIHUB_FOLDERS:
+            return AIHUB_FOLDERS[stem]
+    return None
+
+
+def source_folders(path: Path, label: str, roots: Sequence[Path]) -> list[str]:
+    """The folders a document of `label` (read from the file `path`) sits in, counted from the input the user named
+    (`roots`, resolved) down: that input's own name (or, for a file named directly, its folder's), the folders below
+    it, a zip's name and the folders inside the zip. Folders above the input are not counted: /tmp/test/... is no
+    split."""
+    rp = path.resolve()
+    root = next((r for r in roots if r in rp.parents), None)
+    outer = [root.name, *rp.relative_to(root).parts] if root is not None else [rp.parent.name, rp.name]
+    inner = label[len(str(path)) + 1:].replace(":", "/").split("/") if label.startswith(f"{path}:") else []
+    folders = outer[:-1] + ([rp.name] if rp.suffix.lower() == ".zip" else []) + inner[:-1]
+    return [f for f in folders if f]
 
 
 def _is_prepared(d: Path) -> bool:

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from writemypaper.atomic import atomic_dir
-from writemypaper.corpus import GRANULARITIES, SKIP_REASONS, document_pairs, input_files, read_path
+from writemypaper.atomic import output_dir
+from writemypaper.corpus import (GRANULARITIES, SKIP_REASONS, aihub_part, document_pairs, input_files, read_path,
+                                 source_folders)
 from writemypaper.errors import UserError
+from writemypaper.record import prepared_record
 
 # Still importable from here, where prepare's callers and tests have always found them.
 from writemypaper.text import normalize  # noqa: F401
@@ -166,12 +168,18 @@ class _Reading:
     lengths: dict = field(default_factory=lambda: {g: (array("I"), array("I")) for g in ("entire", "section")})
     inputs: dict[str, int] = field(default_factory=dict)  # source label -> documents in it
     n_read: int = 0
+    stray: list[dict] = field(default_factory=list)  # {"path", "reason"} of each .json file that is no corpus
+    parts: dict[str, str | None] = field(default_factory=dict)  # --split aihub: doc_id -> AIHub's split, if any
+    unplaced: str | None = None  # --split aihub: the first source under no Training/Validation folder
+    label_parts: dict[str, str | None] = field(default_factory=dict)  # --split aihub: source label -> its split
 
 
 def _spool_pairs(files: list[Path], spool: Path, granularity: str, min_chars: int, max_chars: int,
-                 progress: bool) -> _Reading:
+                 progress: bool, roots: list[Path] | None = None, named: frozenset[Path] = frozenset()) -> _Reading:
     """Read and check every document of `files`, streaming the kept pairs into the Arrow file `spool` in reading
-    order: memory holds one batch of pairs and the per-document counts, never the corpus."""
+    order: memory holds one batch of pairs and the per-document counts, never the corpus. With `roots` (the
+    inputs, for --split aihub), each document's AIHub split is noted from the folders it sits in. A .json file that
+    is no corpus is skipped where a folder or zip brought it, and an error where the user `named` it."""
     import pyarrow as pa
     from tqdm import tqdm
 
@@ -188,7 +196,8 @@ def _spool_pairs(files: list[Path], spool: Path, granularity: str, min_chars: in
         for path in bar:
             if path.suffix.lower() != ".zip":
                 found.inputs.setdefault(str(path), 0)  # listed in stats even when it holds no document
-            for label, doc in read_path(path, found.skipped):
+            stray = None if path.resolve() in named else (lambda where, why: _stray(found, where, why))
+            for label, doc in read_path(path, found.skipped, stray):
                 found.inputs[label] = found.inputs.get(label, 0) + 1
                 found.n_read += 1
                 got = document_pairs(doc, granularity, min_chars, max_chars, seen, found.skipped)
@@ -196,6 +205,8 @@ def _spool_pairs(files: list[Path], spool: Path, granularity: str, min_chars: in
                     continue
                 doc_id, title, ipc, pairs = got
                 found.docs.append((doc_id, ipc, len(pairs)))
+                if roots is not None:
+                    found.parts[doc_id] = _part(found, path, label, roots)
                 for g, index, summary, original in pairs:
                     for c, v in zip(COLUMNS, (doc_id, title, ipc, g, index, summary, original)):
                         buf[c].append(v)
@@ -208,6 +219,54 @@ def _spool_pairs(files: list[Path], spool: Path, granularity: str, min_chars: in
         if buf["doc_id"]:
             flush()
     return found
+
+
+def _stray(found: _Reading, where: str, why: str) -> None:
+    """A .json file that is no corpus (a dataset's meta.json) is skipped, said at once and kept in stats.json."""
+    from tqdm import tqdm
+
+    found.stray.append({"path": where, "reason": why})
+    tqdm.write(f"writemypaper: skipped {where}: {why}", file=sys.stderr)
+
+
+def _part(found: _Reading, path: Path, label: str, roots: list[Path]) -> str | None:
+    """The AIHub split of a document from `label`, worked out once per source."""
+    if label not in found.label_parts:
+        found.label_parts[label] = aihub_part(source_folders(path, label, roots))
+    if found.label_parts[label] is None and found.unplaced is None:
+        found.unplaced = label
+    return found.label_parts[label]
+
+
+def _aihub_roots(files: list[Path], inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """The inputs, resolved, for --split aihub; refused at once when no file lies under a split folder and no zip
+    could hold one inside."""
+    roots = [Path(i).resolve() for i in inputs]
+    if not any(f.suffix.lower() == ".zip" or aihub_part(source_folders(f, str(f), roots)) for f in files):
+        raise UserError("--split aihub: no Training or Validation folder in the inputs (AIHub ships "
+                        ".../Training/... and .../Validation/..., also as 1.Training or 훈련/검증); use --split random")
+    return roots
+
+
+def aihub_assignment(found: _Reading, val_fraction: float, seed: int) -> tuple[dict[str, str], str]:
+    """AIHub's own split kept, and a line that says how: its Training is train, its Validation is test (the split
+    evaluate reports on, as papers on this corpus report on AIHub's Validation), and validation is drawn from its
+    Training with --val-fraction, stratified as usual. A layout that ships Training, Validation and Test keeps all
+    three as they are."""
+    if found.unplaced is not None:
+        n = sum(p is None for p in found.parts.values())
+        raise UserError(f"--split aihub: {n} documents lie under no Training or Validation folder (the first in "
+                        f"{found.unplaced}); use --split random, or give only AIHub's folders")
+    by = {s: [(d, ipc) for d, ipc, _ in found.docs if found.parts[d] == s] for s in SPLITS}
+    if not by["train"] or not (by["validation"] or by["test"]):
+        missing = "Training" if not by["train"] else "Validation"
+        raise UserError(f"--split aihub: no documents under a {missing} folder; use --split random")
+    if by["validation"] and by["test"]:
+        return {d: found.parts[d] for d, _, _ in found.docs}, "AIHub's Training, Validation and Test kept as they are"
+    held_out = by["validation"] or by["test"]
+    assignment = split_documents(by["train"], val_fraction, 0.0, seed) | {d: "test" for d, _ in held_out}
+    return assignment, (f"AIHub's {'Validation' if by['validation'] else 'Test'} is the test split; validation is "
+                        f"{val_fraction:g} of its Training")
 
 
 def _stats(found: _Reading, assignment: dict[str, str], options: dict) -> dict:
@@ -237,23 +296,31 @@ def _stats(found: _Reading, assignment: dict[str, str], options: dict) -> dict:
                                for g in kept},
         },
         "inputs": [{"path": label, "documents": n} for label, n in found.inputs.items()],
+        "skipped_files": found.stray,
         "options": options,
     }
 
 
 def prepare(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, granularity: str = "entire",
             val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 42, min_chars: int = 10,
-            max_chars: int = 4000, progress: bool = True) -> dict:
+            max_chars: int = 4000, progress: bool = True, overwrite: bool = False, split: str = "random") -> dict:
     """Read `inputs`, check and split their pairs, write `out`/{train,validation,test}.parquet and stats.json
-    atomically, and return the stats. Raises UserError for unreadable input; skipped records are only counted."""
+    atomically, and return the stats. Raises UserError for unreadable input; skipped records are only counted, and
+    .json files that are no corpus are skipped, named. split="aihub" keeps AIHub's Training/Validation folders
+    (aihub_assignment) instead of drawing the split by document."""
     _check_options(inputs, granularity, val_fraction, test_fraction, min_chars, max_chars)
+    if split not in ("random", "aihub"):
+        raise UserError(f"--split must be random or aihub, not '{split}'")
     out = Path(out)
     _check_out(out, inputs)
     files = input_files(inputs, exclude=out.resolve())
+    roots = _aihub_roots(files, inputs) if split == "aihub" else None
 
-    with atomic_dir(out) as tmp:
+    # Our own prepared folder is replaced only with overwrite, anything else never; its record is written last.
+    with output_dir(out, "prepared", overwrite, record=prepared_record) as tmp:
         spool = tmp / _SPOOL
-        found = _spool_pairs(files, spool, granularity, min_chars, max_chars, progress)
+        named = frozenset(Path(i).resolve() for i in inputs if Path(i).suffix.lower() == ".json")
+        found = _spool_pairs(files, spool, granularity, min_chars, max_chars, progress, roots, named)
         if not found.n_read:
             raise UserError(f"no documents found in {', '.join(map(str, inputs))}")
         if not found.docs:
@@ -261,11 +328,16 @@ def prepare(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, granula
             raise UserError(f"no usable pairs: every record of the {found.n_read} documents read was skipped "
                             f"({reasons})")
 
-        assignment = split_documents([(d, ipc) for d, ipc, _ in found.docs], val_fraction, test_fraction, seed)
+        if split == "aihub":
+            assignment, how = aihub_assignment(found, val_fraction, seed)
+            print(f"writemypaper: --split aihub: {how}", file=sys.stderr)
+        else:
+            assignment = split_documents([(d, ipc) for d, ipc, _ in found.docs], val_fraction, test_fraction, seed)
         _write_splits(spool, tmp, assignment)
         spool.unlink()
         options = {"inputs": [str(p) for p in inputs], "granularity": granularity, "val_fraction": val_fraction,
-                   "test_fraction": test_fraction, "seed": seed, "min_chars": min_chars, "max_chars": max_chars}
+                   "test_fraction": test_fraction, "seed": seed, "min_chars": min_chars, "max_chars": max_chars,
+                   "split": split}
         stats = _stats(found, assignment, options)
         (tmp / "stats.json").write_text(json.dumps(stats, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return stats

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import threading
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -47,6 +48,9 @@ class GenerationSettings:
             problems.append(("max_new_tokens", f"max_new_tokens={self.max_new_tokens} is not in [1, 8192]"))
         if not 0.0 <= self.temperature <= 5.0:
             problems.append(("temperature", f"temperature={self.temperature} is not in [0, 5]"))
+        elif 0.0 < self.temperature < 0.01:  # dividing the logits by it overflows to inf, and sampling fails
+            problems.append(("temperature", f"temperature={self.temperature} is too small to sample with: send 0 "
+                             "for greedy decoding, or at least 0.01"))
         if not 0.0 < self.top_p <= 1.0:
             problems.append(("top_p", f"top_p={self.top_p} is not in (0, 1]"))
         if self.top_k < 0:
@@ -57,6 +61,10 @@ class GenerationSettings:
         if not 1 <= self.num_return_sequences <= 16:
             problems.append(("num_return_sequences",
                              f"num_return_sequences={self.num_return_sequences} is not in [1, 16]"))
+        elif self.num_return_sequences > 1 and not self.sampling:
+            problems.append(("num_return_sequences", f"num_return_sequences={self.num_return_sequences} needs "
+                             "sampling (do_sample=true, temperature > 0): greedy decoding writes the same abstract "
+                             "every time"))
         if not isinstance(self.grounded, bool):
             problems.append(("grounded", f"grounded={self.grounded!r} is not true or false"))
         if not isinstance(self.candidates, int) or not 1 <= self.candidates <= 16:
@@ -204,10 +212,12 @@ class Generator:
         return {"logits_processor": LogitsProcessorList(procs)} if procs else {}
 
     def generate(self, summaries: list[str], settings: GenerationSettings | None = None, batch_size: int = 8,
-                 progress: bool = False, stop: Callable[[], bool] | None = None, details: bool = False) -> list:
+                 progress: bool = False, stop: Callable[[], bool] | None = None, details: bool = False,
+                 cancelled: Callable[[int], bool] | None = None) -> list:
         """One list of `num_return_sequences` abstracts per summary, in input order, best first when
         `candidates` > 1. `batch_size` counts summaries per model call (each brings `rows_per_summary` sequences).
-        `stop()` returning true ends generation within a token (the server uses it when its clients have gone).
+        `stop()` returning true ends generation within a token (the server uses it when its clients have gone);
+        `cancelled(i)` returning true ends summary i's rows only (their text comes back cut short), the others go on.
 
         details=True returns, per summary, {"text": the best, "candidates": [{"text", "unsupported", "coverage",
         "mean_logprob"}, ...]} (ranked when candidates > 1, else in sampled order)."""
@@ -228,7 +238,8 @@ class Generator:
             enc = self._encode(batch)
             record = LogprobRecorder() if scored else None
             with self.lock, torch.inference_mode():
-                out = self.model.generate(**enc, **settings.generate_kwargs(self.tokenizer), **_stopping(stop),
+                halt = _stopping(stop, cancelled, idx, settings.rows_per_summary)
+                out = self.model.generate(**enc, **settings.generate_kwargs(self.tokenizer), **halt,
                                           **self._processors(settings, enc, batch, record))
             new = out[:, enc["input_ids"].shape[1]:]
             texts = [self.decode(row) for row in new]
@@ -318,25 +329,43 @@ def rank(summary: str, candidates: list[dict], sort: bool = True) -> list[dict]:
     return sorted(scored, key=lambda c: (len(c["unsupported"]), -c["coverage"], -(c["mean_logprob"] or 0.0)))
 
 
-def _stopping(stop: Callable[[], bool] | None) -> dict:
-    """`stopping_criteria` for model.generate that ends every sequence once `stop()` is true."""
-    if stop is None:
+def _stopping(stop: Callable[[], bool] | None, cancelled: Callable[[int], bool] | None = None,
+              summaries: list[int] | None = None, rows_per_summary: int = 1) -> dict:
+    """`stopping_criteria` for model.generate that ends every sequence once `stop()` is true, and the rows of
+    summary `summaries[j]` once `cancelled(summaries[j])` is (rows come `rows_per_summary` to a summary)."""
+    if stop is None and cancelled is None:
         return {}
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
     class StopWhen(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
-            return torch.full((input_ids.shape[0],), bool(stop()), dtype=torch.bool, device=input_ids.device)
+            rows = input_ids.shape[0]
+            if stop is not None and stop():
+                return torch.ones(rows, dtype=torch.bool, device=input_ids.device)
+            if cancelled is None or summaries is None:
+                return torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
+            gone = [bool(cancelled(summaries[r // rows_per_summary])) for r in range(rows)]
+            return torch.tensor(gone, dtype=torch.bool, device=input_ids.device)
 
     return {"stopping_criteria": StoppingCriteriaList([StopWhen()])}
 
 
 def _run_instruction(model: str | None) -> str | None:
     """A training run remembers its instruction, so generation uses the one it was trained with."""
-    if model and Path(model, "writemypaper.json").is_file():
-        return json.loads(Path(model, "writemypaper.json").read_text(encoding="utf-8")).get("instruction")
-    return None
+    return instruction_in(Path(model)) if model else None
+
+
+def instruction_in(folder: Path) -> str | None:
+    """The `instruction` that the record of a run or an export in `folder` names, if it has one; a damaged record is
+    a one-line error, not a traceback."""
+    from writemypaper import record
+
+    try:
+        rec = record.read(folder)
+    except record.RecordError as e:
+        raise UserError(f"{e}; it is written by `writemypaper train` or `export`") from None
+    return rec.instruction if rec else None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -354,14 +383,34 @@ def read_inputs(path: str | Path) -> list[dict]:
         return [obj for _, obj in read_jsonl(path, "--input", ("summary",))]
     text = read_text(path, "--input")
     if path.suffix == ".txt":
-        rows = [{"summary": line.strip()} for line in text.splitlines() if line.strip()]
+        # Line breaks only: str.splitlines would also cut at a form feed or U+2028, which text pasted from a PDF holds.
+        rows = [{"summary": line.strip()} for line in re.split(r"\r\n|\r|\n", text) if line.strip()]
     else:
-        reader = csv.DictReader(text.splitlines())
-        if "summary" not in (reader.fieldnames or []):
-            raise UserError(f"{path}: no 'summary' column (columns: {', '.join(reader.fieldnames or [])})")
-        rows = [dict(r) for r in reader if (r.get("summary") or "").strip()]
+        rows = _csv_rows(text, path)
     if not rows:
         raise UserError(f"{path}: no summaries in it")
+    return rows
+
+
+def _csv_rows(text: str, path: Path) -> list[dict]:
+    """The rows of a CSV file with a `summary` column. The reader gets the text whole (newline=""), so a quoted
+    cell that spans lines stays one cell with its line breaks, as a spreadsheet writes it."""
+    import io
+
+    # strict: an unclosed quote is an error, not a cell that swallows the rest of the file
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    try:
+        if "summary" not in (reader.fieldnames or []):
+            raise UserError(f"{path}: no 'summary' column (columns: {', '.join(reader.fieldnames or [])})")
+        rows = []
+        for r in reader:
+            if None in r:  # more cells than the header names
+                raise UserError(f"{path}:{reader.line_num}: {len(reader.fieldnames) + len(r[None])} cells in a row "
+                                f"under a header of {len(reader.fieldnames)}; quote cells that hold commas")
+            if (r.get("summary") or "").strip():
+                rows.append(dict(r))
+    except csv.Error as e:  # an unclosed quote, a NUL byte, a cell over the size limit
+        raise UserError(f"{path}:{reader.line_num}: not readable as CSV: {e}") from None
     return rows
 
 

@@ -7,7 +7,6 @@ same `generate`/`stream` interface as generate.Generator and the same training p
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
@@ -49,15 +48,14 @@ def load_llama(path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None
 
 def _instruction_beside(path: Path) -> str | None:
     """An export's writemypaper.json sits beside its GGUF and names the run's instruction."""
-    info = path.parent / "writemypaper.json"
-    if info.is_file():
-        return json.loads(info.read_text(encoding="utf-8")).get("instruction")
-    return None
+    from writemypaper.generate import instruction_in
+
+    return instruction_in(path.parent)
 
 
 class LlamaCppGenerator:
-    """Writes abstracts with llama.cpp. One sequence at a time: llama-cpp-python's completion API has no batches,
-    so `batch_size` is accepted for the common interface and ignored."""
+    """Writes abstracts with llama.cpp. One sequence at a time: llama-cpp-python has no batched sampling, so
+    `batch_size` is accepted for the common interface and ignored."""
 
     def __init__(self, llm, instruction: str | None = None, path: str | os.PathLike | None = None):
         self.llm = llm
@@ -97,43 +95,88 @@ class LlamaCppGenerator:
         text = prompts.render_prompt(summary, self.instruction, bos="<bos>")
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
-    def _completion(self, summary: str, settings, seed: int | None, stream: bool):
-        sample = settings.do_sample and settings.temperature > 0
+    def _prompt(self, summary: str, settings) -> tuple[list[int], int]:
+        """The prompt's ids and the most tokens that fit after it in the context; a prompt that fills the context
+        is refused in one line (llama-cpp-python raises a bare ValueError)."""
         prompt = self.encode(summary)
+        room = self.llm.n_ctx() - len(prompt)
+        if room <= 0:
+            raise UserError(f"the summary takes {len(prompt)} tokens with the prompt, and the model's context holds "
+                            f"{self.llm.n_ctx()}: shorten it")
+        return prompt, min(settings.max_new_tokens, room)
+
+    def _completion(self, summary: str, settings, seed: int | None, stream: bool):
+        sample = settings.sampling
+        prompt, max_tokens = self._prompt(summary, settings)
         return self.llm.create_completion(
-            prompt=prompt, max_tokens=settings.max_new_tokens, stream=stream,
+            prompt=prompt, max_tokens=max_tokens, stream=stream,
             temperature=settings.temperature if sample else 0.0, top_p=settings.top_p if sample else 1.0,
             top_k=settings.top_k if sample else 1, min_p=0.0, repeat_penalty=1.0,
             logits_processor=self._processors(summary, len(prompt), settings),
             seed=seed if seed is not None else -1, stop=[prompts.END_OF_TURN],
         )
 
+    def _write(self, summary: str, settings, seed: int | None, halt: Callable[[], bool], scored: bool) -> dict:
+        """One sequence as {"text", "mean_logprob"}, decoded token by token (create_completion's chunks carry no
+        token ids, and its log-probabilities need every position's logits kept). With `scored`, the mean covers the
+        tokens written and the end-of-turn that ended them, as the transformers engine's does (else it is None);
+        `halt()` ends the sequence early."""
+        from llama_cpp import LogitsProcessorList
+
+        sample = settings.sampling
+        prompt, max_tokens = self._prompt(summary, settings)
+        record = _LogprobRecorder() if scored else None  # first, so that it sees the raw logits
+        procs = [*([record] if scored else []), *(self._processors(summary, len(prompt), settings) or [])]
+        self.llm.set_seed(seed if seed is not None else -1)  # -1: llama.cpp's random seed
+        tokens, logprobs = [], []
+        for tok in self.llm.generate(prompt, temp=settings.temperature if sample else 0.0,
+                                     top_p=settings.top_p if sample else 1.0, top_k=settings.top_k if sample else 1,
+                                     min_p=0.0, repeat_penalty=1.0,
+                                     logits_processor=LogitsProcessorList(procs) if procs else None):
+            if scored:
+                logprobs.append(record.logprob(tok))
+            if _is_eog(self.llm, tok):
+                break
+            tokens.append(int(tok))
+            if len(tokens) >= max_tokens or halt():
+                break
+        text = self.llm.detokenize(tokens, prev_tokens=prompt).decode("utf-8", errors="ignore").strip()
+        mean = round(sum(logprobs) / len(logprobs), 4) if logprobs else None
+        return {"text": text, "mean_logprob": mean}
+
     def generate(self, summaries: list[str], settings=None, batch_size: int = 8, progress: bool = False,
-                 stop: Callable[[], bool] | None = None) -> list[list[str]]:
+                 stop: Callable[[], bool] | None = None, details: bool = False,
+                 cancelled: Callable[[int], bool] | None = None) -> list:
+        """As generate.Generator.generate: one list of abstracts per summary, ranked the same way (fact check,
+        then coverage, then mean log-probability) when `candidates` > 1, and `details` alike. `stop()` ends every
+        sequence; `cancelled(i)` ends summary i's only (its request went away), and the others are written in full:
+        sequences run one at a time here, so one row's end costs the others nothing."""
         from tqdm.auto import tqdm
 
-        from writemypaper.generate import GenerationSettings
-
-        from writemypaper.generate import rank
+        from writemypaper.generate import GenerationSettings, rank
 
         settings = (settings or GenerationSettings()).validate()
+        scored = details or settings.candidates > 1
         results = []
-        for summary in tqdm(summaries, desc="generating", unit="abstract", disable=not progress):
-            outs = []
+        for i, summary in enumerate(tqdm(summaries, desc="generating", unit="abstract", disable=not progress)):
+
+            def halt(i=i) -> bool:
+                return (stop is not None and stop()) or (cancelled is not None and cancelled(i))
+
+            cands = []
             for k in range(settings.rows_per_summary):
+                if halt():  # nobody reads this summary's abstracts any more: write no more of them
+                    cands.append({"text": "", "mean_logprob": None})
+                    continue
                 seed = None if settings.seed is None else settings.seed + k
                 with self.lock:
-                    pieces = []
-                    for chunk in self._completion(summary, settings, seed, stream=True):
-                        pieces.append(chunk["choices"][0]["text"])
-                        if stop is not None and stop():
-                            break
-                outs.append("".join(pieces).strip())
-            if settings.candidates > 1:  # ranked by the fact check alone: llama.cpp's completions carry no logprobs
-                ranked = rank(summary, [{"text": t, "mean_logprob": None} for t in outs])
-                outs = [c["text"] for c in ranked[:settings.num_return_sequences]]
-            results.append(outs)
-        return results
+                    cands.append(self._write(summary, settings, seed, halt, scored))
+            if scored:
+                cands = rank(summary, cands, sort=settings.candidates > 1)
+            results.append(cands)
+        if details:
+            return [{"text": c[0]["text"], "candidates": c} for c in results]
+        return [[c["text"] for c in cands[:settings.num_return_sequences]] for cands in results]
 
     def reference_losses(self, samples: list[dict]) -> list[tuple[float, int]]:
         """Per sample, the summed loss and the number of tokens of the model's turn, as evaluate.reference_losses
@@ -168,6 +211,8 @@ class LlamaCppGenerator:
         settings = (settings or GenerationSettings()).validate()
         if settings.num_return_sequences != 1:
             raise UserError("streaming writes one abstract: num_return_sequences must be 1")
+        if settings.candidates != 1:
+            raise UserError("streaming writes one abstract as it goes: candidates must be 1 (ranking needs them whole)")
         with self.lock:
             for chunk in self._completion(summary, settings, settings.seed, stream=True):
                 yield chunk["choices"][0]["text"]
@@ -186,10 +231,27 @@ def number_table(llm):
         if not raw:
             empty.append(i)
             continue
-        text = raw.decode("utf-8", errors="replace")
-        if any(c in "0123456789.," or c.isdecimal() for c in text):
-            texts[i] = text
+        # every token's text: NumberTable keeps the ones a number may take (digits, signs, scale words, openers)
+        texts[i] = raw.decode("utf-8", errors="replace")
     return NumberTable(texts, empty)
+
+
+class _LogprobRecorder:
+    """The model's log-probability of each token picked, from the raw logits (a processor placed first, before the
+    penalty, grounding and temperature), as generate.LogprobRecorder records it for transformers."""
+
+    def __init__(self):
+        self.previous = None
+
+    def __call__(self, input_ids, scores):
+        import numpy as np
+
+        s = scores.astype(np.float64)
+        self.previous = s - (np.log(np.exp(s - s.max()).sum()) + s.max())
+        return scores
+
+    def logprob(self, token: int) -> float:
+        return float(self.previous[token]) if self.previous is not None else 0.0
 
 
 class _GeneratedRepetitionPenalty:

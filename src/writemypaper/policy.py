@@ -66,6 +66,39 @@ def gpu_info() -> tuple[str, tuple[int, int], int | None] | None:
     return torch.cuda.get_device_name(), tuple(torch.cuda.get_device_capability()), smem
 
 
+FAST_MIN_GIB = 20  # `fast` peaked at 15 GiB on an H200 (bench/RESULTS.md); a margin over that for other models' shapes
+
+
+def gpu_memory_gib() -> float | None:
+    """The current CUDA device's memory in GiB; None without a GPU or where the device does not say."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    total = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "total_memory", None)
+    return total / 2**30 if total else None
+
+
+def pick_train_preset() -> tuple[str, str]:
+    """(preset, why) for `train` without --config, from this machine's device: cpu-demo with no GPU; gpu-16gb
+    where `fast` would not run as measured (no native bf16, too little shared memory for flex attention's backward
+    kernel, or under FAST_MIN_GIB of memory); fast otherwise. `why` is one line for stderr."""
+    gpu = gpu_info()
+    if gpu is None:
+        return "cpu-demo", "no --config given and no GPU found: the embedded Gemma 3 270M on the sample corpus"
+    name, cap, smem = gpu
+    gib = gpu_memory_gib()
+    has = f"no --config given; {name} has " + (f"{gib:.0f} GiB and " if gib else "")
+    if cap < NATIVE_BF16:
+        return "gpu-16gb", f"{has}no bf16 (sm {cap[0]}.{cap[1]})"
+    if smem and smem < FLEX_BWD_SMEM:
+        return "gpu-16gb", (f"{has}{smem // 1024} KiB of shared memory per block, too little for flex attention's "
+                            f"backward kernel")
+    if gib is not None and gib < FAST_MIN_GIB:
+        return "gpu-16gb", f"{has}bf16, but `fast` wants {FAST_MIN_GIB} GiB"
+    return "fast", f"{has}bf16 (sm {cap[0]}.{cap[1]})"
+
+
 def _precision(precision: str, model_type: str, gpu, notes: list) -> str:
     """`auto` is bf16 where the GPU has it natively (compute capability 8.0+; `torch.cuda.is_bf16_supported()` also
     says yes on a T4, where bf16 is only emulated), fp16 on older GPUs, fp32 on CPU. Gemma 3 overflows in fp16, so it

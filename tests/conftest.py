@@ -1,6 +1,15 @@
 """Shared fixtures: small Korean documents in the corpus's own shape (the `orginal_text` spelling included)."""
 
+import os
+
 import pytest
+from hypothesis import settings
+
+# CI replays the same generated examples on every run (a landing never hangs on a new random draw); a developer's run
+# draws new ones each time, which is where property tests find things. HYPOTHESIS_PROFILE=explore does that in CI.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "explore"))
 
 # Hand-written pair in the style of the corpus: Hanja, middle dots, a unit, a percentage and numbers.
 SECTIONS = [

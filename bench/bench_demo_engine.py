@@ -33,8 +33,9 @@ def main() -> None:
     ap.add_argument("--out", help="append one JSON line here")
     a = ap.parse_args()
 
-    from writemypaper import evaluate, export, models
-    from writemypaper.generate import GenerationSettings, Generator
+    from writemypaper import export, models, transformers_engine
+    from writemypaper.settings import GenerationSettings
+    from writemypaper.transformers_engine import Generator
     from writemypaper.llamacpp import LlamaCppGenerator
 
     demo = Path(a.demo)
@@ -50,7 +51,7 @@ def main() -> None:
         row["llamacpp_loss"] = sum(t for t, _ in losses) / sum(n for _, n in losses)
     (model, tok), row["transformers_load_s"] = timed(lambda: models.load_for_inference(str(run), precision="fp32",
                                                                                        device="cpu"))
-    losses, row["transformers_loss_s"] = timed(lambda: evaluate.reference_losses(model, tok, samples))
+    losses, row["transformers_loss_s"] = timed(lambda: transformers_engine.reference_losses(model, tok, samples))
     row["transformers_loss"] = sum(t for t, _ in losses) / sum(n for _, n in losses)
     del model
 

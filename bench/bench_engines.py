@@ -1,4 +1,4 @@
-"""llama.cpp against transformers on CPU, through the product's own path (`Generator.load` of a training run and of
+"""llama.cpp against transformers on CPU, through the product's own path (`engines.load` of a training run and of
 its GGUF export), interleaved so that both see the same load: the held-out summaries go in chunks, and each chunk is
 written by every engine in turn (the order rotating from chunk to chunk). Greedy, grounded, the generated-only
 repetition penalty, as `evaluate` decodes. Tokens are counted by re-tokenizing each output with the run's tokenizer,
@@ -34,11 +34,12 @@ def main() -> None:
     import torch
 
     from writemypaper.data import load_split
-    from writemypaper.generate import GenerationSettings, Generator
+    from writemypaper import engines
+    from writemypaper.settings import GenerationSettings
 
     summaries = [r["summary"] for r in load_split(a.data, "test")][: a.n]
-    hf = Generator.load(a.run, precision="fp32", device="cpu")
-    cpp = Generator.load(a.gguf)
+    hf = engines.load(a.run, precision="fp32", device="cpu")
+    cpp = engines.load(a.gguf)
     settings = GenerationSettings(max_new_tokens=a.max_new_tokens, do_sample=False)  # grounded, penalty 1.15
     engines = {
         f"transformers fp32, batch {a.chunk}": lambda xs: hf.generate(xs, settings, batch_size=a.chunk),

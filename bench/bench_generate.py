@@ -1,5 +1,5 @@
 """Generation throughput: the notebook's way (a transformers `pipeline("text-generation")`, one summary at a time,
-sampling, max_new_tokens=1024) against `writemypaper generate` (generate.Generator: batched, left padding), on the
+sampling, max_new_tokens=1024) against `writemypaper generate` (transformers_engine.Generator: batched, left padding), on the
 same model with the same max_new_tokens. Random weights never stop early, so every abstract runs the full length.
 
     python bench/common.py make-model /tmp/g2
@@ -62,7 +62,8 @@ def notebook_way(model, tokenizer, summaries, max_new_tokens: int) -> dict:
 
 def our_way(model, tokenizer, summaries, max_new_tokens: int, batch_size: int) -> dict:
     from writemypaper import prompts
-    from writemypaper.generate import GenerationSettings, Generator
+    from writemypaper.settings import GenerationSettings
+    from writemypaper.transformers_engine import Generator
 
     gen = Generator(model, tokenizer)
     stops = set(prompts.stop_token_ids(tokenizer))

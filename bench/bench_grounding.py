@@ -47,7 +47,7 @@ def run_setting(gen, summaries, settings, prompt_wide_penalty=False):
 
 
 def score(summaries, texts) -> dict:
-    from writemypaper.metrics import extract_facts, unsupported_facts
+    from writemypaper.factcheck import extract_facts, unsupported_facts
 
     copied, invented, facts, unsupported, with_invented = [], 0, 0, 0, 0
     for s, t in zip(summaries, texts):
@@ -86,7 +86,8 @@ def main() -> None:
     import transformers
 
     from writemypaper.data import load_split
-    from writemypaper.generate import GenerationSettings, Generator
+    from writemypaper import engines
+    from writemypaper.settings import GenerationSettings
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
@@ -105,7 +106,7 @@ def main() -> None:
 
     rows = list(load_split(a.data, a.split))[: a.limit]
     summaries = [r["summary"] for r in rows]
-    gen = Generator.load(a.model)
+    gen = engines.load(a.model)
     base = GenerationSettings(max_new_tokens=a.max_new_tokens, seed=0)
     settings = {
         "penalty over prompt, ungrounded (before)": (replace(base, grounded=False), True),

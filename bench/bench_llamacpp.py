@@ -1,5 +1,5 @@
 """CPU generation speed: llama.cpp (llama-cpp-python) on the embedded model's original Q4_K_M GGUF and on our f16 and
-q8_0 exports of it, against transformers in fp32 (generate.Generator, at batch 1 and batch 8), greedy, on the same
+q8_0 exports of it, against transformers in fp32 (transformers_engine.Generator, at batch 1 and batch 8), greedy, on the same
 held-out summaries of the sample corpus. Also how many greedy outputs agree with transformers' token for token.
 
     python bench/bench_llamacpp.py --n 8 --max-new-tokens 32 --out bench/raw/llamacpp.jsonl
@@ -34,7 +34,8 @@ def bench_transformers(summaries, max_new_tokens, batch_size, want_ids: bool):
     import torch
 
     from writemypaper import prompts
-    from writemypaper.generate import GenerationSettings, Generator
+    from writemypaper.settings import GenerationSettings
+    from writemypaper.transformers_engine import Generator
 
     gen = Generator.load("gemma3-270m", precision="fp32", device="cpu")
     settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=1.0)

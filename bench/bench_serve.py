@@ -112,10 +112,10 @@ def main() -> None:
     if not 1 <= a.requests <= 1024 or not 0 <= a.stream <= a.requests:
         raise SystemExit("--requests must be in [1, 1024] and --stream in [0, --requests]")
 
-    from writemypaper.generate import Generator
+    from writemypaper import engines
     from writemypaper.serve import Limits, create_app, serving
 
-    generator = Generator.load(a.model)
+    generator = engines.load(a.model)
     limits = Limits(max_new_tokens=max(a.max_tokens, 1), queue_depth=a.requests + 1, max_batch_size=a.max_batch_size)
     app = create_app(generator, limits, **({"fact_check": False} if a.no_fact_check else {}))
     texts = summaries()

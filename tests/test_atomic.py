@@ -127,7 +127,7 @@ def test_stale_siblings_are_told_apart_by_their_process(tmp_path):
     import subprocess
     import sys
 
-    from writemypaper.atomic import stale_siblings
+    from writemypaper.outputs import stale_siblings
 
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()

@@ -36,7 +36,7 @@ def _loss_and_grads(model, ids, position_ids):
 
 
 def test_compiled_layers_compute_what_eager_layers_do(tiny_gemma2_dir):
-    from writemypaper.train import compile_layers
+    from writemypaper.trainer import compile_layers
 
     torch._dynamo.reset()
     eager_model, compiled_model = _lora_model(tiny_gemma2_dir), _lora_model(tiny_gemma2_dir)
@@ -65,7 +65,7 @@ def test_compiled_layers_compute_what_eager_layers_do(tiny_gemma2_dir):
 
 def test_compile_layers_refuses_a_model_without_decoder_layers():
     from writemypaper.errors import UserError
-    from writemypaper.train import compile_layers
+    from writemypaper.trainer import compile_layers
 
     with pytest.raises(UserError, match="no decoder layers"):
         compile_layers(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)))

@@ -20,7 +20,7 @@ from writemypaper.evaluate import (
     plan_decodings,
     read_predictions,
 )
-from writemypaper.generate import GenerationSettings
+from writemypaper.settings import GenerationSettings
 
 HAS = {f.name for f in fields(GenerationSettings)}
 
@@ -62,7 +62,7 @@ def test_evaluation_is_greedy_by_default_and_sampling_is_seeded():
 
 def test_the_evaluate_preset_sets_only_what_evaluation_decides():
     """Greedy and a pinned seed; every other generation key is GenerationSettings' default, as in `generate`."""
-    from writemypaper.generate import settings_from_config
+    from writemypaper.config import settings_from_config
 
     cfg = config.load_config("evaluate", kind="evaluate")
     assert config.to_dict(cfg.generation) == {"do_sample": False, "seed": 0}
@@ -203,7 +203,7 @@ def test_reference_losses_in_batches_equal_the_models_own_loss(tiny_gemma2_dir, 
     from transformers import AutoModelForCausalLM
 
     from writemypaper import prompts
-    from writemypaper.evaluate import reference_losses
+    from writemypaper.transformers_engine import reference_losses
 
     model = AutoModelForCausalLM.from_pretrained(tiny_gemma2_dir).eval()
     samples = [{"summary": SUMMARY[: 12 + 9 * i], "reference": REFERENCE[: 20 + 13 * i]} for i in range(5)]

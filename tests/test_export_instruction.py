@@ -61,9 +61,9 @@ def test_export_writes_gguf_modelfile_and_carries_the_instruction(tiny_run, tmp_
     # generate/serve read the instruction from writemypaper.json, as they do for a training run
     info = json.loads((out / "writemypaper.json").read_text())
     assert info["instruction"] == INSTRUCTION and info["gguf"] == "q8_0"
-    from writemypaper.generate import Generator
+    from writemypaper import engines
 
-    gen = Generator.load(str(out), precision="fp32", device="cpu")
+    gen = engines.load(str(out), precision="fp32", device="cpu")
     assert gen.instruction == INSTRUCTION
     assert gen._encode([SUMMARY])["input_ids"][0].tolist() == tok(chat, add_special_tokens=False)["input_ids"]
     modelfile = (out / "Modelfile").read_text()
@@ -97,7 +97,7 @@ def test_export_refusals(tiny_run, tmp_path, capsys):
 def test_the_card_decodes_with_the_generation_defaults(tmp_path):
     """The card's snippet takes its numbers from GenerationSettings, not a copy of them."""
     from writemypaper.export import _card
-    from writemypaper.generate import GenerationSettings
+    from writemypaper.settings import GenerationSettings
 
     g = GenerationSettings()
     card = _card(tmp_path, "gemma3-270m", None, None)

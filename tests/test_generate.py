@@ -10,8 +10,10 @@ from dataclasses import asdict, replace
 import pytest
 from omegaconf import OmegaConf
 
+from writemypaper.decoding import rank
 from writemypaper.errors import UserError
-from writemypaper.generate import GenerationSettings, Generator, LogprobRecorder, logits_processors, rank
+from writemypaper.settings import GenerationSettings
+from writemypaper.transformers_engine import Generator, LogprobRecorder, logits_processors
 
 SUMMARY = "본 연구는 2019년 대학생 1,200명의 정치 태도를 비교하였다."
 
@@ -109,7 +111,7 @@ def test_the_generate_preset_restates_no_default():
     """GenerationSettings is the one source of the defaults: the preset's generation section is empty and resolves to
     them; a key set on the command line changes that key alone, and a misspelt one is refused by name."""
     from writemypaper import config
-    from writemypaper.generate import settings_from_config
+    from writemypaper.config import settings_from_config
 
     cfg = config.load_config("generate", kind="generate")
     assert config.to_dict(cfg.generation) == {}
@@ -274,8 +276,8 @@ def test_a_txt_summary_keeps_a_form_feed(tmp_path):
 
 @pytest.mark.parametrize("content", ["{not json", '["a list"]', '{"instruction": 3}'])
 def test_a_damaged_run_record_is_one_line(tmp_path, content):
-    from writemypaper.generate import _run_instruction
+    from writemypaper.decoding import run_instruction
 
     (tmp_path / "writemypaper.json").write_text(content, encoding="utf-8")
     with pytest.raises(UserError, match="writemypaper.json"):
-        _run_instruction(str(tmp_path))
+        run_instruction(str(tmp_path))

@@ -101,7 +101,7 @@ def test_llamacpp_reference_loss_matches_transformers(embedded):
     """`evaluate`'s loss column for a .gguf model: llama.cpp scores the same tokens under the same mask as
     evaluate.reference_losses does for the torch model, so the f16 export's loss equals the fp32 model's."""
     pytest.importorskip("llama_cpp")
-    from writemypaper.evaluate import reference_losses
+    from writemypaper.transformers_engine import reference_losses
     from writemypaper.llamacpp import LlamaCppGenerator
 
     model, tok, files = embedded
@@ -178,7 +178,7 @@ def test_transformers_reads_the_real_export(embedded):
 
 def test_llamacpp_generator_streams_what_it_generates(embedded):
     pytest.importorskip("llama_cpp")
-    from writemypaper.generate import GenerationSettings
+    from writemypaper.settings import GenerationSettings
     from writemypaper.llamacpp import LlamaCppGenerator
 
     _, _, files = embedded
@@ -193,17 +193,18 @@ def test_llamacpp_generator_streams_what_it_generates(embedded):
 
 
 def test_grounded_numbers_hold_inside_llamacpp():
-    """A .gguf model goes to llama.cpp through Generator.load, and grounding works there as a logits processor of
+    """A .gguf model goes to llama.cpp through engines.load, and grounding works there as a logits processor of
     llama.cpp's own decoding loop: with every digit pushed up, the plain decoder invents numbers; the grounded one
     writes only the summary's."""
     pytest.importorskip("llama_cpp")
     from llama_cpp import LogitsProcessorList
 
-    from writemypaper.generate import GenerationSettings, Generator
+    from writemypaper import engines
     from writemypaper.grounding import Grounding
     from writemypaper.llamacpp import LlamaCppGenerator, _GroundedNumbers
+    from writemypaper.settings import GenerationSettings
 
-    gen = Generator.load(str(gguf_export.embedded_gguf_path()))
+    gen = engines.load(str(gguf_export.embedded_gguf_path()))
     assert isinstance(gen, LlamaCppGenerator)
     summary = SUMMARIES[0]  # 1,200명, 2019년
     table = gen.number_table
@@ -256,12 +257,12 @@ def test_serve_answers_from_a_gguf_model_through_llamacpp():
     streamed and a plain chat completion from it, grounded by default, with the usage counted."""
     pytest.importorskip("llama_cpp")
     openai = pytest.importorskip("openai")
-    from writemypaper.generate import Generator
+    from writemypaper import engines
     from writemypaper.grounding import Grounding
     from writemypaper.llamacpp import LlamaCppGenerator
     from writemypaper.serve import Limits, create_app, serving
 
-    gen = Generator.load(str(gguf_export.embedded_gguf_path()))
+    gen = engines.load(str(gguf_export.embedded_gguf_path()))
     assert isinstance(gen, LlamaCppGenerator)
     with serving(create_app(gen, Limits(max_new_tokens=32), model_name="q4")) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=300)
@@ -280,11 +281,12 @@ def test_llamacpp_candidates_are_ranked_as_transformers_ranks_them(tmp_path, cap
     Its candidates now carry the fact check and a mean log-probability (negative, from the raw logits), best first
     by the same key as the transformers engine."""
     pytest.importorskip("llama_cpp")
+    from writemypaper import engines
     from writemypaper.cli import main
-    from writemypaper.generate import GenerationSettings, Generator
+    from writemypaper.settings import GenerationSettings
 
     path = str(gguf_export.embedded_gguf_path())
-    gen = Generator.load(path)
+    gen = engines.load(path)
     settings = GenerationSettings(max_new_tokens=16, candidates=3, temperature=1.0, seed=1)
     [d] = gen.generate([SUMMARIES[0]], settings, details=True)
     cands = d["candidates"]
@@ -313,7 +315,7 @@ def test_llamacpp_mean_logprob_is_the_models_own(embedded):
     """The mean log-probability of a greedy abstract equals llama.cpp's teacher-forced log-probabilities of the
     tokens it wrote and the end-of-turn that ended them."""
     pytest.importorskip("llama_cpp")
-    from writemypaper.generate import GenerationSettings
+    from writemypaper.settings import GenerationSettings
     from writemypaper.llamacpp import LlamaCppGenerator, _is_eog, load_llama, next_token_logprobs
 
     _, _, files = embedded
@@ -340,7 +342,7 @@ def test_llamacpp_cancelling_one_summary_leaves_the_others_whole(embedded):
     """The server batches requests with equal settings; a client that goes away cancels its own summary only.
     `stop()` still ends them all."""
     pytest.importorskip("llama_cpp")
-    from writemypaper.generate import GenerationSettings
+    from writemypaper.settings import GenerationSettings
     from writemypaper.llamacpp import LlamaCppGenerator
 
     _, _, files = embedded

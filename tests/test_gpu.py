@@ -124,11 +124,11 @@ def _changed(before, after):
 
 
 def test_auto_precision_is_bf16_on_a_gpu(gemma2_dir):
-    from writemypaper import models
+    from writemypaper import models, policy
 
     assert torch.cuda.is_bf16_supported()
-    assert models.resolve_dtype("auto", "gemma2") is torch.bfloat16
-    assert models.resolve_dtype("fp16", "gemma3_text") is torch.bfloat16  # Gemma 3 overflows in fp16
+    assert policy.resolve_dtype("auto", "gemma2") is torch.bfloat16
+    assert policy.resolve_dtype("fp16", "gemma3_text") is torch.bfloat16  # Gemma 3 overflows in fp16
     model = models.load_model(gemma2_dir, precision="auto")
     assert model.dtype is torch.bfloat16
 

@@ -183,7 +183,7 @@ DIGIT_IDS: list[int] = []
 def tiny(tiny_gemma2_dir, embedded_tokenizer):
     from transformers import AutoModelForCausalLM
 
-    from writemypaper.generate import Generator
+    from writemypaper.transformers_engine import Generator
 
     DIGIT_IDS[:] = [embedded_tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
     return Generator(AutoModelForCausalLM.from_pretrained(tiny_gemma2_dir), embedded_tokenizer)
@@ -193,7 +193,8 @@ def pushed_generate(gen, summaries, targets, grounded=True, n=1, max_new_tokens=
     import torch
     from transformers import LogitsProcessorList
 
-    from writemypaper.generate import GenerationSettings, logits_processors
+    from writemypaper.settings import GenerationSettings
+    from writemypaper.transformers_engine import logits_processors
 
     # n > 1: n sampled candidates per summary (num_return_sequences repeats each prompt n times).
     settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=n > 1, temperature=1.0, candidates=n,
@@ -242,7 +243,7 @@ def test_rows_are_held_to_their_own_summary(tiny):
 
 def test_stream_is_grounded_too(tiny, monkeypatch):
     """The streamed path builds its own processors: push every row toward digits inside it."""
-    from writemypaper.generate import GenerationSettings
+    from writemypaper.settings import GenerationSettings
 
     generate = tiny.model.generate
 
@@ -293,7 +294,8 @@ def test_grounding_on_cuda():
         pytest.skip("needs a CUDA GPU (run on the device)")
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    from writemypaper.generate import GenerationSettings, Generator
+    from writemypaper.settings import GenerationSettings
+    from writemypaper.transformers_engine import Generator
 
     tok = _word_tokenizer()
     torch.manual_seed(0)
@@ -308,7 +310,7 @@ def test_grounding_on_cuda():
     assert pushed_generate(gen, summaries[:1], [[own]], max_new_tokens=2)[0].startswith("1,250")
     assert "4,321" in pushed_generate(gen, summaries[:1], [[invented]], grounded=False, max_new_tokens=2)[0]
     # The log-probabilities that rank candidates, recorded on the device, match transformers' own.
-    from writemypaper.generate import LogprobRecorder
+    from writemypaper.transformers_engine import LogprobRecorder
 
     settings = GenerationSettings(max_new_tokens=5, do_sample=False, repetition_penalty=1.0)
     enc, record = gen._encode(summaries), LogprobRecorder()

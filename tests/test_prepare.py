@@ -11,6 +11,7 @@ import pytest
 
 from writemypaper import cli, data
 from writemypaper.errors import UserError
+from writemypaper.text import normalize
 
 
 def write_json(path, value):
@@ -181,7 +182,7 @@ def test_nfd_input_comes_out_nfc_with_hanja_dots_units_unchanged(tmp_path):
 
 def test_normalize_is_nfc_not_nfkc():
     # NFKC would turn ㆍ into ᆞ and ℃ into °C; the corpus's own characters must survive.
-    assert data.normalize(" 한ㆍ중\u3000 25℃ 對句 ") == "한ㆍ중 25℃ 對句"
+    assert normalize(" 한ㆍ중\u3000 25℃ 對句 ") == "한ㆍ중 25℃ 對句"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

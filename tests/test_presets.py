@@ -7,7 +7,7 @@ included, where the preset packs) and after its collator. TRL 1.0-1.6 dropped ou
 import pytest
 
 from conftest import SECTIONS
-from writemypaper import config, models, prompts, train
+from writemypaper import config, models, prompts, train, weights
 
 TRAIN_PRESETS = config.available_presets("train")
 
@@ -25,7 +25,7 @@ def _attn(cfg) -> str:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return models.load_tokenizer(models.EMBEDDED, padding_side="right")
+    return models.load_tokenizer(weights.EMBEDDED, padding_side="right")
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,8 @@ def _build(name: str, tokenizer, tmp_path, extra=()):
     ds = Dataset.from_dict({"summary": [s for s, _ in PAIRS], "original": [o for _, o in PAIRS]})
     train_ds, dropped = train.tokenize_split(ds, tokenizer, cfg.get("instruction"), cfg.training.get("max_length"))
     assert dropped == 0
-    eval_ds = train_ds if train.eval_enabled(cfg.training) else None
-    ref = models.resolve_model(models.EMBEDDED)
+    eval_ds = train_ds if config.eval_enabled(cfg.training) else None
+    ref = weights.resolve_model(weights.EMBEDDED)
     return cfg, train.build_trainer(cfg, ref, tmp_path, train_ds, eval_ds, tokenizer)
 
 

@@ -80,7 +80,7 @@ def test_system_text_is_folded_into_the_first_user_turn(embedded_tokenizer):
 
 @pytest.mark.parametrize("instruction", [None, "요약을 바탕으로 초록을 쓰시오."])
 def test_generator_uses_the_training_prompt(embedded_tokenizer, instruction):
-    from writemypaper.generate import Generator
+    from writemypaper.transformers_engine import Generator
 
     class NoModel:
         def parameters(self):

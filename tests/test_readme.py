@@ -66,6 +66,13 @@ def test_layout_names_only_what_exists():
     assert not missing, f"README's layout names what does not exist: {missing}"
 
 
+def test_layout_names_every_module():
+    named = {t for _, t in _layout_entries()}
+    pkg = REPO / "src" / "writemypaper"
+    modules = {p.name for p in [*pkg.glob("*.py"), *(pkg / "serve").glob("*.py")] if not p.name.startswith("__")}
+    assert not modules - named, f"README's layout leaves out {sorted(modules - named)}"
+
+
 @pytest.mark.parametrize("name", READMES)
 def test_no_install_line_names_a_package_no_index_has(name):
     text = (REPO / name).read_text(encoding="utf-8")

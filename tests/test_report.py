@@ -8,7 +8,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from writemypaper.metrics import Fact, score
+from writemypaper.factcheck import Fact
+from writemypaper.metrics import score
 from writemypaper.report import highlight, write_report
 
 EVIL = "<script>alert(1)</script>"

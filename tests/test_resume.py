@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import TINY_TRAIN
-from writemypaper.train import COMPLETE, complete_checkpoints
+from writemypaper.trainer import COMPLETE, complete_checkpoints
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from writemypaper.generate import Generator  # noqa: E402
+from writemypaper import engines  # noqa: E402
 from writemypaper.serve import Limits, create_app, serving  # noqa: E402
 
 MODEL = "gemma3-270m"
@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - depends on the installed client
 
 @pytest.fixture(scope="session")
 def generator():
-    return Generator.load(MODEL)
+    return engines.load(MODEL)
 
 
 @pytest.fixture(scope="module")

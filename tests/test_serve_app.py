@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("httpx")  # TestClient drives the app through httpx
 from fastapi.testclient import TestClient  # noqa: E402
 
-from writemypaper.generate import GenerationSettings  # noqa: E402
+from writemypaper.settings import GenerationSettings  # noqa: E402
 from writemypaper.serve import Limits, create_app  # noqa: E402
 from writemypaper.serve.limits import request_settings  # noqa: E402
 from writemypaper.serve.schemas import ChatRequest, CompletionRequest  # noqa: E402

@@ -17,7 +17,7 @@ from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance  # noqa: E402
 
-from writemypaper.generate import Generator  # noqa: E402
+from writemypaper import engines  # noqa: E402
 from writemypaper.serve import Limits, create_app, serving  # noqa: E402
 
 MODEL = "gemma3-270m"
@@ -35,7 +35,7 @@ BOUNDS = (100, 300)  # requests in all, shrinking included
 
 @pytest.fixture(scope="module")
 def served():
-    app = create_app(Generator.load(MODEL), LIMITS, model_name=MODEL)
+    app = create_app(engines.load(MODEL), LIMITS, model_name=MODEL)
     with serving(app) as url:
         yield app, url
 

@@ -73,9 +73,10 @@ def test_adapter_changed_and_base_did_not(run_dir, embedded_tokenizer):
 @slow
 def test_tuned_model_stops_by_itself(run_dir, train_summaries):
     """Generations end at <end_of_turn> (or eos) well before max_new_tokens."""
-    from writemypaper.generate import GenerationSettings, Generator
+    from writemypaper import engines
+    from writemypaper.settings import GenerationSettings
 
-    gen = Generator.load(str(run_dir), device="cpu")
+    gen = engines.load(str(run_dir), device="cpu")
     settings = GenerationSettings(max_new_tokens=128, do_sample=False, repetition_penalty=1.0)
     enc = gen._encode(train_summaries)
     with torch.inference_mode():
@@ -92,7 +93,9 @@ def test_tuned_model_stops_by_itself(run_dir, train_summaries):
 def test_merged_export_generates_the_same_text(run_dir, tmp_path, train_summaries):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from writemypaper.generate import GenerationSettings, Generator
+    from writemypaper import engines
+    from writemypaper.settings import GenerationSettings
+    from writemypaper.transformers_engine import Generator
 
     out = tmp_path / "merged"
     assert main(["export", str(run_dir), "--out", str(out)]) == 0
@@ -104,7 +107,7 @@ def test_merged_export_generates_the_same_text(run_dir, tmp_path, train_summarie
     msg = [{"role": "user", "content": prompts.user_message(train_summaries[0])}]
     assert tok.apply_chat_template(msg, tokenize=False, add_generation_prompt=True) == prompts.render_prompt(train_summaries[0])
     settings = GenerationSettings(max_new_tokens=32, do_sample=False, repetition_penalty=1.0)
-    adapter = Generator.load(str(run_dir), device="cpu").generate(train_summaries[:2], settings)
+    adapter = engines.load(str(run_dir), device="cpu").generate(train_summaries[:2], settings)
     exported = Generator(merged, tok).generate(train_summaries[:2], settings)
     assert adapter == exported
 
@@ -202,7 +205,7 @@ def test_tokenization_is_cached_under_a_key_stable_across_runs(short_prepared, e
 def test_subsets_are_a_seeded_shuffle_stratified_by_field():
     from datasets import Dataset
 
-    from writemypaper.train import stratified_subset
+    from writemypaper.examples import stratified_subset
 
     # in reading order, one field fills the first 60 rows: the first N rows would all be 인문학
     ipc = ["인문학"] * 60 + ["공학"] * 30 + ["의약학"] * 10

@@ -83,7 +83,7 @@ def _schema(kind: str | None) -> dict:
     if kind in ("generate", "evaluate"):  # presets set only what they change; the keys are GenerationSettings' fields
         from dataclasses import asdict
 
-        from writemypaper.generate import GenerationSettings
+        from writemypaper.settings import GenerationSettings
 
         merge(schema.setdefault("generation", {}), asdict(GenerationSettings()))
     return schema
@@ -277,12 +277,15 @@ def train_problems(cfg) -> dict[str, list[str]]:
     return found
 
 
+def eval_enabled(training) -> bool:
+    """YAML reads an unquoted `no` as false, so `eval_strategy=no` may arrive as False."""
+    return training.get("eval_strategy", "no") not in (False, None, "no")
+
+
 def _early_stopping_problems(cfg, patience, training: dict) -> list[str]:
     """Early stopping needs evaluation, and reloads the best checkpoint at the end, so checkpoints must be saved at
     evaluations: save_steps a multiple of eval_steps. A preset's save_steps follows eval_steps (trainer.sft_config);
     a save_steps the user set is never changed, so a conflict is refused, naming both keys."""
-    from writemypaper.trainer import eval_enabled
-
     if not isinstance(patience, int) or patience <= 0:
         return []
     if not eval_enabled(training):
@@ -401,3 +404,21 @@ def show(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# generation
+
+
+def settings_from_config(cfg):
+    """The config's `generation:` section over GenerationSettings' defaults: a preset sets only what it changes.
+    The full settings are written back into `cfg.generation`, so the config saved next to an output shows every
+    value that was used."""
+    from dataclasses import asdict
+
+    from writemypaper.settings import GenerationSettings
+
+    section = cfg.get("generation")
+    settings = GenerationSettings.from_dict(to_dict(section) if section is not None else {})
+    cfg.generation = asdict(settings)
+    return settings

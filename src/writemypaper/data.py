@@ -18,14 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from writemypaper.atomic import output_dir
 from writemypaper.corpus import (GRANULARITIES, SKIP_REASONS, aihub_part, document_pairs, input_files, read_path,
                                  source_folders)
 from writemypaper.errors import UserError
+from writemypaper.outputs import output_dir
 from writemypaper.record import prepared_record
 
 # Still importable from here, where prepare's callers and tests have always found them.
-from writemypaper.text import normalize  # noqa: F401
 
 SPLITS = ("train", "validation", "test")
 COLUMNS = ("doc_id", "title", "ipc", "granularity", "pair_index", "summary", "original")

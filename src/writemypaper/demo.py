@@ -11,29 +11,28 @@ import shutil
 import time
 from pathlib import Path
 
+from writemypaper import engines
+
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 
 
-ENGINES = ("auto", "transformers", "llama.cpp")
+ENGINES = ("auto", *engines.NAMES)
 
 
 def resolve_engine(engine: str) -> str:
     """`auto` is llama.cpp where it is installed and no GPU is (1.4x transformers' tokens/s on a CPU at the same
     quality, bench/RESULTS.md), transformers otherwise."""
-    import importlib.util
-
     from writemypaper.errors import UserError
-    from writemypaper.llamacpp import INSTALL
 
     if engine not in ENGINES:
         raise UserError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
-    has_llama = importlib.util.find_spec("llama_cpp") is not None
-    if engine == "llama.cpp" and not has_llama:
-        raise UserError(f"--engine llama.cpp needs the llamacpp extra: {INSTALL}")
     if engine == "auto":
         import torch
 
-        return "llama.cpp" if has_llama and not torch.cuda.is_available() else "transformers"
+        return "llama.cpp" if engines.missing("llama.cpp") is None and not torch.cuda.is_available() else "transformers"
+    install = engines.missing(engine)
+    if install:
+        raise UserError(f"--engine {engine} is not installed: {install}")
     return engine
 
 
@@ -57,7 +56,7 @@ def start(out_dir: Path, overwrite: bool):
     unfinished demo (killed, or failed) is carried on (its training resumes); a finished one is started again only
     with --overwrite; any other folder is never touched. Returns the demo's record, written unfinished."""
     from writemypaper import record
-    from writemypaper.atomic import out_state
+    from writemypaper.outputs import out_state
     from writemypaper.errors import UserError
     from writemypaper.weights import EMBEDDED
 

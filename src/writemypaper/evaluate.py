@@ -146,55 +146,6 @@ def read_predictions(path: str | Path) -> tuple[list[dict], list[str]]:
     return samples, preds
 
 
-def reference_losses(model, tokenizer, samples: list[dict], instruction: str | None = None,
-                     chunk: int = 128, batch_size: int = 16) -> list[tuple[float, int]]:
-    """Per sample, the summed loss and the number of tokens of the model's turn (the reference abstract and its end of
-    turn). Samples go through the model `batch_size` at a time, right-padded (causal attention: padding after a row's
-    tokens changes none of them), and the LM head is applied in chunks of positions: the (tokens, 262k) logits are
-    never held at once. One transfer to the host per batch."""
-    import torch
-    import torch.nn.functional as F
-
-    from writemypaper import prompts
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    backbone, head = base.get_decoder(), base.get_output_embeddings()
-    cap = getattr(base.config, "final_logit_softcapping", None)
-    device = next(model.parameters()).device
-    examples = [prompts.encode_example(tokenizer, s["summary"], s["reference"], instruction) for s in samples]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out = []
-    with torch.inference_mode():
-        for b in range(0, len(examples), batch_size):
-            group = examples[b:b + batch_size]
-            width = max(len(e["input_ids"]) for e in group)
-            ids = torch.full((len(group), width), pad, dtype=torch.long)
-            labels = torch.full((len(group), width), -100, dtype=torch.long)
-            mask = torch.zeros((len(group), width), dtype=torch.long)
-            for i, e in enumerate(group):
-                n = len(e["input_ids"])
-                ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1
-            ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
-            hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
-            target = labels[:, 1:]  # position t predicts token t+1
-            rows, pos = (target != -100).nonzero(as_tuple=True)
-            sums = torch.zeros(len(group), dtype=torch.float32, device=device)
-            for start in range(0, len(rows), chunk):
-                r, p = rows[start:start + chunk], pos[start:start + chunk]
-                logits = head(hidden[r, p]).float()
-                if cap:
-                    logits = torch.tanh(logits / cap) * cap
-                sums.index_add_(0, r, F.cross_entropy(logits, target[r, p], reduction="none"))
-            out += zip(sums.tolist(), (target != -100).sum(1).tolist())
-    return out
-
-
-def reference_loss(model, tokenizer, samples: list[dict], instruction: str | None = None, chunk: int = 128) -> float:
-    """Mean loss per token over all the samples' references."""
-    losses = reference_losses(model, tokenizer, samples, instruction, chunk)
-    return sum(t for t, _ in losses) / max(sum(n for _, n in losses), 1)
-
-
 def _log_history(refs: dict[str, str]) -> list[dict] | None:
     """The training curve of the first model that is a run, or a GGUF exported from one (its writemypaper.json
     names the run)."""
@@ -246,7 +197,7 @@ def _test_samples(cfg, data: str) -> list[dict]:
 
 def plan_decodings(cfg) -> list[tuple[Decoding, object]]:
     """Each configured decoding with its generation settings, checked before any data or model loads."""
-    from writemypaper.generate import settings_from_config
+    from writemypaper.config import settings_from_config
 
     base = settings_from_config(cfg)
     return [(d, decoding_settings(base, d)) for d in parse_decodings(cfg.get("decodings") or ["plain"])]
@@ -254,7 +205,7 @@ def plan_decodings(cfg) -> list[tuple[Decoding, object]]:
 
 def _generate_all(cfg, models: dict[str, str], samples: list[dict], plans: list, progress: bool):
     """Each model writes every summary once per decoding; its loss on the references is computed once."""
-    from writemypaper.generate import Generator
+    from writemypaper import engines
 
     summaries = [s["summary"] for s in samples]
     preds: dict[str, list[str]] = {}
@@ -262,7 +213,7 @@ def _generate_all(cfg, models: dict[str, str], samples: list[dict], plans: list,
     losses: dict[str, list[tuple[float, int]]] = {}
     for name, ref in models.items():
         print(f"[{name}] loading {ref}")
-        gen = Generator.load(ref, precision=cfg.precision, instruction=cfg.get("instruction"))
+        gen = engines.load(ref, precision=cfg.precision, instruction=cfg.get("instruction"))
         for d, settings in plans:
             column = f"{name}{SEPARATOR}{d.name}"
             print(f"[{column}] {describe(asdict(settings))}")
@@ -277,10 +228,7 @@ def _generate_all(cfg, models: dict[str, str], samples: list[dict], plans: list,
                                "description": describe(asdict(settings)), "settings": asdict(settings),
                                "seconds": seconds, "output_tokens": tokens,
                                "output_tokens_per_s": tokens / seconds if seconds > 0 else None}
-        if hasattr(gen, "model"):
-            losses[name] = reference_losses(gen.model, gen.tokenizer, samples, gen.instruction)
-        else:  # a .gguf model runs in llama.cpp, which scores the same tokens itself
-            losses[name] = gen.reference_losses(samples)
+        losses[name] = gen.reference_losses(samples)  # every engine scores the same tokens of the same prompt
         del gen
         gc.collect()
     return preds, columns, losses
@@ -290,7 +238,7 @@ def evaluate(cfg, out: str, models: dict[str, str] | None = None, data: str | No
              predictions: list[str] | None = None, progress: bool = True, overwrite: bool = False) -> dict:
     """The `evaluate` verb: generate with each model under each decoding (or read predictions), score with
     intervals, and write OUT (scores.json, predictions.jsonl, config.yaml, report.html) in one rename, under the
-    output policy (atomic.check_out): an earlier evaluation is replaced only with `overwrite`, any other folder
+    output policy (outputs.check_out): an earlier evaluation is replaced only with `overwrite`, any other folder
     never."""
     from writemypaper import metrics
 
@@ -326,7 +274,7 @@ def evaluate(cfg, out: str, models: dict[str, str] | None = None, data: str | No
 
 def _check_out(out: str, overwrite: bool, models: dict[str, str], data: str | None) -> None:
     """The output policy for OUT, before any model loads; and OUT may not hold what is evaluated."""
-    from writemypaper.atomic import check_out
+    from writemypaper.outputs import check_out
 
     inside = [p for p in [*models.values(), data] if p and Path(p).exists()
               and Path(out).resolve() in [Path(p).resolve(), *Path(p).resolve().parents]]
@@ -338,8 +286,9 @@ def _check_out(out: str, overwrite: bool, models: dict[str, str], data: str | No
 def _write(cfg, out: str, overwrite: bool, scores: dict, samples, preds, models, data, report_samples: int) -> None:
     """OUT written into a temporary folder and renamed into place, its record last."""
     from writemypaper import record, report
-    from writemypaper.atomic import atomic_write_json, atomic_write_jsonl, output_dir
+    from writemypaper.atomic import atomic_write_json, atomic_write_jsonl
     from writemypaper.config import save_config
+    from writemypaper.outputs import output_dir
 
     rec = record.RunRecord(kind="eval", data_fingerprint=record.data_fingerprint(data) if data else None,
                            preset=record.preset_name(cfg.get("source")),

@@ -17,7 +17,7 @@ def _card(run: Path, base_model: str, scores: dict | None, push_repo: str | None
           safetensors: bool = True, is_run: bool = True, merged_base: str | None = None) -> str:
     import yaml
 
-    from writemypaper.generate import GenerationSettings
+    from writemypaper.settings import GenerationSettings
 
     metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8")) if (run / "metrics.json").is_file() else {}
     stats = json.loads((run / "data_stats.json").read_text(encoding="utf-8")) if (run / "data_stats.json").is_file() else {}
@@ -99,9 +99,9 @@ def export(run_dir: str, out: str, scores: str | None = None, precision: str = "
     """Merge RUN_DIR's adapter (or take a base model as it is: `gemma3-270m`, a directory, a Hub id) and write OUT:
     the safetensors model for transformers unless `safetensors` is false, and with `gguf` a TYPE.gguf file plus an
     Ollama Modelfile. Both carry the run's instruction in their chat template. OUT follows the output policy
-    (atomic.check_out): an earlier export is replaced only with `overwrite`, any other folder never."""
+    (outputs.check_out): an earlier export is replaced only with `overwrite`, any other folder never."""
     from writemypaper import record, weights
-    from writemypaper.atomic import check_out
+    from writemypaper.outputs import check_out
 
     run = Path(run_dir)
     is_run = weights.is_run_dir(run)
@@ -206,7 +206,8 @@ def _write_export(ref: str, out: str, base_model: str, info, is_run: bool, score
     import torch
 
     from writemypaper import gguf_export, models, prompts
-    from writemypaper.atomic import atomic_write_text, output_dir
+    from writemypaper.atomic import atomic_write_text
+    from writemypaper.outputs import output_dir
 
     instruction = info.instruction if info else None
     # The vocabulary is checked before the minutes of loading and merging, so a model it cannot write fails fast.

@@ -333,7 +333,7 @@ def modelfile(gguf_name: str, instruction: str | None, settings=None) -> str:
     """An Ollama Modelfile: the training prompt as its template (the user's message is the summary), a stop on
     `<end_of_turn>`, and our generation defaults. Ollama's tokenizer adds <bos> itself (add_bos_token)."""
     from writemypaper import prompts
-    from writemypaper.generate import GenerationSettings
+    from writemypaper.settings import GenerationSettings
 
     s = settings or GenerationSettings()
     instruction = (instruction or prompts.DEFAULT_INSTRUCTION).strip()

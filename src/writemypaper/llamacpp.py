@@ -1,5 +1,5 @@
 """llama.cpp as a CPU engine for GGUF models (an export's, or the embedded Q4_K_M), through llama-cpp-python, with the
-same `generate`/`stream` interface as generate.Generator and the same training prompt.
+same interface as the transformers engine (engines.Engine) and the same training prompt.
 
     writemypaper generate "요약문..." --model exported/demo/demo-q8_0.gguf
     CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install 'writemypaper[llamacpp]'   # the portable build; see README
@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from writemypaper import prompts
+from writemypaper.decoding import instruction_in, rank
 from writemypaper.errors import UserError
+from writemypaper.settings import GenerationSettings
 
 INSTALL = "CMAKE_ARGS=\"-DGGML_NATIVE=OFF\" pip install 'writemypaper[llamacpp]'"
 
@@ -48,14 +50,15 @@ def load_llama(path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None
 
 def _instruction_beside(path: Path) -> str | None:
     """An export's writemypaper.json sits beside its GGUF and names the run's instruction."""
-    from writemypaper.generate import instruction_in
-
     return instruction_in(path.parent)
 
 
 class LlamaCppGenerator:
     """Writes abstracts with llama.cpp. One sequence at a time: llama-cpp-python has no batched sampling, so
     `batch_size` is accepted for the common interface and ignored."""
+
+    requires = "llama_cpp"
+    install = INSTALL
 
     def __init__(self, llm, instruction: str | None = None, path: str | os.PathLike | None = None):
         self.llm = llm
@@ -85,7 +88,9 @@ class LlamaCppGenerator:
         return LogitsProcessorList(procs) if procs else None
 
     @classmethod
-    def load(cls, model: str, instruction: str | None = None, n_ctx: int = 4096) -> "LlamaCppGenerator":
+    def load(cls, model: str, precision: str = "auto", device: str | None = None, instruction: str | None = None,
+             n_ctx: int = 4096) -> "LlamaCppGenerator":
+        """`precision` and `device` are the common interface's: llama.cpp runs the GGUF's own types on the CPU."""
         return cls(load_llama(model, n_ctx=n_ctx), instruction=instruction or _instruction_beside(Path(model)),
                    path=model)
 
@@ -147,13 +152,11 @@ class LlamaCppGenerator:
     def generate(self, summaries: list[str], settings=None, batch_size: int = 8, progress: bool = False,
                  stop: Callable[[], bool] | None = None, details: bool = False,
                  cancelled: Callable[[int], bool] | None = None) -> list:
-        """As generate.Generator.generate: one list of abstracts per summary, ranked the same way (fact check,
+        """As the transformers engine's generate: one list of abstracts per summary, ranked the same way (fact check,
         then coverage, then mean log-probability) when `candidates` > 1, and `details` alike. `stop()` ends every
         sequence; `cancelled(i)` ends summary i's only (its request went away), and the others are written in full:
         sequences run one at a time here, so one row's end costs the others nothing."""
         from tqdm.auto import tqdm
-
-        from writemypaper.generate import GenerationSettings, rank
 
         settings = (settings or GenerationSettings()).validate()
         scored = details or settings.candidates > 1
@@ -179,10 +182,10 @@ class LlamaCppGenerator:
         return [[c["text"] for c in cands[:settings.num_return_sequences]] for cands in results]
 
     def reference_losses(self, samples: list[dict]) -> list[tuple[float, int]]:
-        """Per sample, the summed loss and the number of tokens of the model's turn, as evaluate.reference_losses
-        gives for a torch model: the same tokens, the same mask, scored by this GGUF in llama.cpp. A second context
-        keeps every position's logits, sized to the longest sample (n_ctx x the vocabulary in floats: about 1 GB per
-        1,000 tokens for Gemma's 262k), and is freed at the end."""
+        """Per sample, the summed loss and the number of tokens of the model's turn, as the transformers engine gives
+        for a torch model (transformers_engine.reference_losses): the same tokens, the same mask, scored by this GGUF in
+        llama.cpp. A second context keeps every position's logits, sized to the longest sample (n_ctx x the vocabulary
+        in floats: about 1 GB per 1,000 tokens for Gemma's 262k), and is freed at the end."""
         if self.path is None:
             raise UserError("the llama.cpp engine computes a reference loss only for a model it loaded from a file")
         if not samples:
@@ -206,8 +209,6 @@ class LlamaCppGenerator:
                 llm.close()
 
     def stream(self, summary: str, settings=None, stop: Callable[[], bool] | None = None) -> Iterator[str]:
-        from writemypaper.generate import GenerationSettings
-
         settings = (settings or GenerationSettings()).validate()
         if settings.num_return_sequences != 1:
             raise UserError("streaming writes one abstract: num_return_sequences must be 1")
@@ -238,7 +239,7 @@ def number_table(llm):
 
 class _LogprobRecorder:
     """The model's log-probability of each token picked, from the raw logits (a processor placed first, before the
-    penalty, grounding and temperature), as generate.LogprobRecorder records it for transformers."""
+    penalty, grounding and temperature), as transformers_engine.LogprobRecorder records it for transformers."""
 
     def __init__(self):
         self.previous = None

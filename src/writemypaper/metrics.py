@@ -15,8 +15,6 @@ from writemypaper.morphemes import TOKENIZATION, tokenize
 from writemypaper.text import nfc
 
 # Still importable from here, where generate, serve, the benchmarks and the tests have always found them.
-from writemypaper.factcheck import Fact, coverage, extract_facts, quantities, unsupported_facts  # noqa: F401
-from writemypaper.morphemes import DROPPED_TAGS  # noqa: F401
 
 # ---------------------------------------------------------------------------------------------------------------------
 # ROUGE

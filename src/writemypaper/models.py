@@ -14,28 +14,13 @@ from pathlib import Path
 
 from writemypaper.errors import UserError
 from writemypaper.policy import Policy, cuda_available, resolve_policy
-from writemypaper.weights import hub_errors, hub_token, is_run_dir, resolve_model, run_base_model
+from writemypaper.weights import finish_tokenizer, hub_errors, hub_token, is_run_dir, resolve_model, run_base_model
 
 # Still importable from here, where the server, the benchmarks and older scripts look for them.
-from writemypaper.policy import resolve_attention, resolve_dtype  # noqa: F401
-from writemypaper.weights import DEFAULT_MODEL, EMBEDDED, cache_root, embedded_model_dir  # noqa: F401
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # tokenizers
-
-
-def finish_tokenizer(tokenizer):
-    """Gemma's turn template and a pad token on any tokenizer, so training and inference share one format."""
-    from writemypaper import prompts
-
-    if not tokenizer.chat_template or "start_of_turn" not in tokenizer.chat_template:
-        # Either none at all (GGUF) or a template that is not Gemma's turn format: ours keeps training and
-        # inference on one format.
-        tokenizer.chat_template = prompts.CHAT_TEMPLATE
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def load_tokenizer(ref: str | None, padding_side: str = "right"):

@@ -1,6 +1,6 @@
 """The run record: writemypaper.json, written last into every folder a verb makes (a run, an export, prepared data,
 an evaluation, a demo). It says what the output was built from and whether it was finished, marks the folder as
-ours for the output policy (atomic.check_out), and lets the notebook tell a result it can reuse from a stale one.
+ours for the output policy (outputs.check_out), and lets the notebook tell a result it can reuse from a stale one.
 
     python -c "from writemypaper import record; print(record.read('runs/demo'))"
 """

@@ -16,14 +16,13 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from writemypaper.config import eval_enabled
 from writemypaper.errors import UserError
 from writemypaper.examples import main_process_first, report_dropped, tokenize_split
 from writemypaper.trainer import (CHECKPOINTS, build_trainer, close_progress, complete_checkpoints, count_parameters,
-                                  eval_enabled, lora_config, sft_config)
+                                  lora_config, sft_config)
 
 # Still importable from here, where the tests, the benchmarks and older scripts look for them.
-from writemypaper.examples import stratified_subset  # noqa: F401
-from writemypaper.trainer import COMPLETE, compile_layers  # noqa: F401
 
 _ADAPTER_TMP = "adapter"  # _write_run's temporary inside RUN_DIR: .adapter.tmp-PID-*
 
@@ -60,7 +59,7 @@ def _out_problems(out: Path, resume: bool, overwrite: bool) -> list[str]:
     """The output policy for RUN_DIR: a new or empty folder trains from scratch; our own run (its record, or the
     checkpoints of one killed before records were written) continues with --resume or starts again with
     --overwrite; anything else is never touched. Temporaries a killed run left are cleaned first."""
-    from writemypaper.atomic import out_state
+    from writemypaper.outputs import out_state
 
     if resume and overwrite:
         return ["--resume continues RUN_DIR and --overwrite starts it again: give one of them"]
@@ -80,7 +79,7 @@ def _out_problems(out: Path, resume: bool, overwrite: bool) -> list[str]:
 
 def clean_inside(out: Path) -> None:
     """Remove what a run killed while writing its adapter left inside RUN_DIR (_write_run's temporary)."""
-    from writemypaper.atomic import clean_stale
+    from writemypaper.outputs import clean_stale
 
     clean_stale(out / _ADAPTER_TMP, "--out")
     # where earlier versions wrote the adapter first, inside a run that is ours

@@ -17,11 +17,6 @@ CHECKPOINTS = "checkpoints"
 COMPLETE = "writemypaper-complete"  # written into a checkpoint once the Trainer has finished saving it
 
 
-def eval_enabled(training) -> bool:
-    """YAML reads an unquoted `no` as false, so `eval_strategy=no` may arrive as False."""
-    return training.get("eval_strategy", "no") not in (False, None, "no")
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # checkpoints
 
@@ -107,7 +102,7 @@ def sft_config(cfg, out: Path, dtype):
     import torch
     from trl import SFTConfig
 
-    from writemypaper.config import to_dict, user_set
+    from writemypaper.config import eval_enabled, to_dict, user_set
 
     kw = to_dict(cfg.training)
     kw.update(

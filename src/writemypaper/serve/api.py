@@ -16,14 +16,15 @@ from typing import Callable
 from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 
+from writemypaper.decoding import FACT_CHECK_LOCK
 from writemypaper.errors import UserError
-from writemypaper.generate import FACT_CHECK_LOCK, GenerationSettings
 from writemypaper.serve.errors import ApiError, error_body
 from writemypaper.serve.limits import chat_summary, check_summary, nfc, request_settings, request_stops
 from writemypaper.serve.scheduler import END, Job
 from writemypaper.serve.schemas import (ChatCompletion, ChatCompletionChunk, ChatRequest, CheckRequest,
                                         CheckResponse, Completion, CompletionChunk, CompletionRequest, ErrorResponse,
                                         ModelList, event_stream)
+from writemypaper.settings import GenerationSettings
 
 # Every route's 4xx is an OpenAI-shaped error (errors.py); the OpenAPI schema says so. A body that fails validation
 # is a 400 too, so FastAPI's 422 is not documented.

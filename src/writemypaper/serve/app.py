@@ -1,8 +1,8 @@
-"""The FastAPI app around one loaded Generator: its state (generator, scheduler, limits, served name), its routers
-(the OpenAI API, the page, health), its error handlers and the guards in front of them.
+"""The FastAPI app around one loaded engine (engines.Engine): its state (generator, scheduler, limits, served name),
+its routers (the OpenAI API, the page, health), its error handlers and the guards in front of them.
 
     from writemypaper.serve import create_app, serving
-    with serving(create_app(Generator.load("gemma3-270m"))) as url: ...
+    with serving(create_app(engines.load("gemma3-270m"))) as url: ...
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ async def lifespan(app: FastAPI):
 
 def create_app(generator, limits: Limits | None = None, model_name: str = "gemma3-270m", api_key: str | None = None,
                fact_check: bool = True):
-    """The FastAPI app around one loaded Generator (or anything with its generate/stream/tokenizer). With `api_key`,
+    """The FastAPI app around one loaded engine (or anything with its generate/stream/tokenizer). With `api_key`,
     the /v1 routes need `Authorization: Bearer <api_key>`. With fact_check=False, answers carry no fact check,
     candidates > 1 and /v1/writemypaper/check are refused, and Kiwi is never imported (its model is an 88 MB
     package that some machines cannot hold)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from writemypaper.errors import UserError
-from writemypaper.generate import GenerationSettings
+from writemypaper.settings import GenerationSettings
 from writemypaper.serve.errors import ApiError
 from writemypaper.text import nfc
 
@@ -28,7 +28,7 @@ class Limits:
     min_temperature: float = 0.0
     max_temperature: float = 2.0
     queue_depth: int = 64  # requests admitted at once, waiting or being written
-    max_batch_size: int = 8  # sequences in one Generator.generate call
+    max_batch_size: int = 8  # sequences in one engine.generate call
 
     def validate(self) -> "Limits":
         problems = []

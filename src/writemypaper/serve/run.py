@@ -13,12 +13,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from writemypaper import engines
 from writemypaper.errors import UserError
-from writemypaper.generate import Generator
-from writemypaper.models import EMBEDDED
 from writemypaper.serve.app import create_app
 from writemypaper.serve.guards import check_api_key, is_loopback
 from writemypaper.serve.limits import Limits
+from writemypaper.weights import EMBEDDED
 
 
 @contextmanager
@@ -63,7 +63,7 @@ def main(model: str | None = None, host: str = "127.0.0.1", port: int = 8000, pr
                         "WRITEMYPAPER_API_KEY), or --allow-no-key to serve it without one")
     _check_port(host, port)
     name = _served_name(model)
-    app = create_app(Generator.load(model, precision=precision), limits, model_name=name, api_key=api_key,
+    app = create_app(engines.load(model, precision=precision), limits, model_name=name, api_key=api_key,
                      fact_check=fact_check)
     if not api_key and not is_loopback(host):
         print(f"writemypaper: warning: listening on {host} with no API key: anyone who can reach it can use it")

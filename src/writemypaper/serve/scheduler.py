@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 
 from writemypaper import prompts
-from writemypaper.generate import GenerationSettings
+from writemypaper.settings import GenerationSettings
 from writemypaper.serve.errors import ApiError
 from writemypaper.serve.limits import Limits
 from writemypaper.serve.stops import StopScanner, cut_at_stop
@@ -39,7 +39,7 @@ class Job:
 class Scheduler:
     """Admits up to `queue_depth` requests (waiting or being written; more get a 429) and feeds them to the
     model one call at a time. A non-streaming request takes with it the waiting ones with equal settings, up to
-    `max_batch_size` sequences, into one Generator.generate call. A streaming request has the model to itself."""
+    `max_batch_size` sequences, into one engine.generate call. A streaming request has the model to itself."""
 
     def __init__(self, generator, limits: Limits):
         self.generator, self.limits = generator, limits

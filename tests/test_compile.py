@@ -109,3 +109,5 @@ def test_build_trainer_compiles_the_layers_only_when_asked(tiny_gemma2_dir, embe
                                       embedded_tokenizer)
         layers = trainer.model.get_base_model().model.layers
         assert [layer._compiled_call_impl is not None for layer in layers] == [flag] * len(layers)
+        # what the run needs to know of the policy comes from train._policy, never from attributes set on the trainer
+        assert not [name for name in vars(trainer) if "writemypaper" in name]

@@ -54,6 +54,18 @@ def test_run_quantization_reads_the_saved_config(tmp_path):
     assert nf4.run_compute_dtype(tmp_path) == torch.float16
 
 
+def test_base_weights_say_which_base_an_adapter_goes_on(tmp_path):
+    """Read from the run's files and returned, not set on the loaded model: evaluate and export ask for it by ref."""
+    from writemypaper import models
+
+    (tmp_path / "adapter_config.json").write_text("{}", encoding="utf-8")
+    assert models.base_weights(str(tmp_path)) == "as saved"  # a LoRA run: its base as saved
+    (tmp_path / "config.yaml").write_text("kind: train\nquantization: nf4\n", encoding="utf-8")
+    (tmp_path / "metrics.json").write_text('{"precision": "float16"}', encoding="utf-8")
+    assert models.base_weights(str(tmp_path)) == "NF4-dequantized (float16), as trained and validated"
+    assert models.base_weights(str(tmp_path), nf4_base=False).startswith("unrounded")
+
+
 def _qlora_run(base_dir, run_dir):
     """A QLoRA run as `train` leaves one: an adapter on the base loaded in 4-bit NF4 (bf16 compute), its config and
     base model recorded. The adapter starts random (not zero) so that merging it changes the weights."""
@@ -111,7 +123,8 @@ def test_qlora_export_merges_into_the_nf4_base_it_was_validated_on(gemma2_64, tm
     out = export.export(str(run), str(tmp_path / "export"), precision="fp32")
     merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     unrounded, _ = models.load_for_inference(str(run), precision="fp32", device="cpu", nf4_base=False)
-    assert unrounded.writemypaper_base.startswith("unrounded")
+    assert models.base_weights(str(run), nf4_base=False).startswith("unrounded")
+    assert models.base_weights(str(run)).startswith("NF4-dequantized")
     with torch.no_grad():
         exported = merged(input_ids=ids).logits.float()
         naive = unrounded.merge_and_unload()(input_ids=ids).logits.float()

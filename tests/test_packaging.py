@@ -18,7 +18,7 @@ from packaging.requirements import Requirement  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PKG = REPO / "src" / "writemypaper"
-DATA_DIRS = ("configs", "sample", "static")
+DATA_DIRS = ("configs", "sample", "static", "templates")
 # torch's floor was tested on a GPU (torch 2.11.0+cu130, bench/RESULTS.md); on CPU only the 2.13.0 wheel lies on disk.
 FLOOR_EXCEPTIONS = {"torch"}
 

@@ -91,3 +91,20 @@ def test_generator_uses_the_training_prompt(embedded_tokenizer, instruction):
     gen = Generator(NoModel(), embedded_tokenizer, instruction=instruction)
     enc = gen._encode([SUMMARY])
     assert enc["input_ids"][0].tolist() == prompts.encode_prompt(embedded_tokenizer, SUMMARY, instruction)
+
+
+@pytest.mark.parametrize("instruction", [None, '초록을 "두 문단"으로 쓰시오.\n숫자는 그대로: 50% {{ x }} %} \\ 끝.'])
+def test_chat_template_is_rendered_with_the_instruction(embedded_tokenizer, instruction):
+    """The export's template comes from templates/chat.jinja rendered with the instruction as a variable: any
+    instruction (quotes, a newline, backslashes, template syntax) reaches the prompt as written, whether the client
+    sends the bare summary or our own user message."""
+    template = prompts.export_chat_template(instruction)
+    assert template == prompts.chat_template(instruction or prompts.DEFAULT_INSTRUCTION)
+    for content in (SUMMARY, prompts.user_message(SUMMARY, instruction)):
+        chat = embedded_tokenizer.apply_chat_template([{"role": "user", "content": content}], chat_template=template,
+                                                      tokenize=False, add_generation_prompt=True)
+        assert chat == prompts.render_prompt(SUMMARY, instruction)
+    # the template set on every tokenizer adds no instruction of its own
+    plain = embedded_tokenizer.apply_chat_template([{"role": "user", "content": SUMMARY}],
+                                                   chat_template=prompts.chat_template(), tokenize=False)
+    assert plain == f"<bos><start_of_turn>user\n{SUMMARY}<end_of_turn>\n"

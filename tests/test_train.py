@@ -51,6 +51,7 @@ def test_loss_falls(run_dir):
     assert m["train_loss_last"] < 0.5 * m["train_loss_first"]
     assert len(m["eval_losses"]) == 2 and all(x == x for x in m["eval_losses"])  # evaluated, and not NaN
     assert m["trainable_parameters"] < 0.02 * m["total_parameters"]
+    assert m["compile_layers"] in (True, False)  # the policy train resolved, passed along (not read off the trainer)
 
 
 @slow
@@ -200,6 +201,19 @@ def test_tokenization_is_cached_under_a_key_stable_across_runs(short_prepared, e
     finally:
         os.environ.pop("HF_DATASETS_CACHE") if old is None else os.environ.update(HF_DATASETS_CACHE=old)
     assert len(keys) == 3
+
+
+def test_tokenizer_key_is_kept_beside_the_tokenizer_not_set_on_it(short_prepared):
+    """The tokenization cache key is computed once per tokenizer and remembered by the package, and the tokenizer
+    (a library object) comes back with exactly the attributes it had."""
+    from writemypaper import examples, train
+    from writemypaper.data import load_split
+
+    tok = models.load_tokenizer("gemma3-270m", padding_side="right")
+    before = dict(vars(tok))
+    train.tokenize_split(load_split(str(short_prepared), "train"), tok, None, 160, 4)
+    assert vars(tok).keys() == before.keys()
+    assert examples._TOKENIZER_KEYS[tok] == examples._tokenizer_key(tok)
 
 
 def test_subsets_are_a_seeded_shuffle_stratified_by_field():

@@ -24,6 +24,7 @@ class Engine(Protocol):
     tokenizer: object
     instruction: str | None
     requires: str | None  # the module it needs beyond the base install (None: nothing), and `install` says how
+    base: str | None  # which base weights an adapter was put on (models.base_weights); None where not ours to say
 
     @classmethod
     def load(cls, model: str, precision: str = "auto", device: str | None = None,

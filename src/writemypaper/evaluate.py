@@ -224,7 +224,7 @@ def _generate_all(cfg, models: dict[str, str], samples: list[dict], plans: list,
             # Tokens of the abstracts kept (a best-of-N decoding also wrote N-1 that were dropped).
             tokens = sum(len(gen.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in preds[column])
             columns[column] = {"model": name, "model_ref": ref, "decoding": d.name,
-                               "base": getattr(getattr(gen, "model", None), "writemypaper_base", None),
+                               "base": gen.base,
                                "description": describe(asdict(settings)), "settings": asdict(settings),
                                "seconds": seconds, "output_tokens": tokens,
                                "output_tokens_per_s": tokens / seconds if seconds > 0 else None}

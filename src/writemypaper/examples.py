@@ -8,6 +8,7 @@ datasets library so a second run or another rank loads it instead of tokenizing 
 from __future__ import annotations
 
 import os
+import weakref
 
 TOKENIZE_VERSION = 2  # part of the tokenization cache key: bump it whenever tokenize_split's output changes
 DROP_WARN = 0.05  # warn when more than this share of a split is longer than max_length
@@ -80,13 +81,20 @@ def _encode_batch(batch, tokenizer, instruction, max_length):
     return out
 
 
+# The digest per tokenizer object, kept beside it rather than set on it, and dropped with it.
+_TOKENIZER_KEYS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def _tokenizer_key(tokenizer) -> str:
     """A digest of everything about the tokenizer that changes the ids, computed once per tokenizer. Hashing the
     tokenizer object itself (what datasets does for a map's arguments) took 12 s on the embedded Gemma 3 tokenizer
     here; hashing its serialized form takes about 1 s."""
     import hashlib
 
-    key = getattr(tokenizer, "_writemypaper_key", None)
+    try:
+        key = _TOKENIZER_KEYS.get(tokenizer)
+    except TypeError:  # a tokenizer that cannot be weakly referenced: no cache
+        key = None
     if key is None:
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is not None:
@@ -97,7 +105,10 @@ def _tokenizer_key(tokenizer) -> str:
             h = hashlib.sha256(Hasher.hash(tokenizer).encode("utf-8"))
         h.update(repr((tokenizer.bos_token, tokenizer.eos_token_id, type(tokenizer).__name__)).encode("utf-8"))
         key = h.hexdigest()
-        tokenizer._writemypaper_key = key
+        try:
+            _TOKENIZER_KEYS[tokenizer] = key
+        except TypeError:
+            pass
     return key
 
 

@@ -215,7 +215,7 @@ def _write_export(ref: str, out: str, base_model: str, info, is_run: bool, score
     vocab = gguf_export.vocabulary(tokenizer, base_model) if gguf else None
     # Merge in full or half precision, never into 4-bit weights: merging into quantized weights loses the adapter.
     model, tokenizer = models.load_for_inference(ref, precision=precision, device="cpu")
-    merged_base = getattr(model, "writemypaper_base", None)  # a QLoRA run merges into its NF4-rounded base
+    merged_base = models.base_weights(ref)  # a QLoRA run merges into its NF4-rounded base
     merged = model.merge_and_unload() if is_run else model
     # A pushed folder names no path of this machine: the base model by its Hub id or its folder's name.
     shown_base = portable(base_model) if push_to_hub else base_model

@@ -59,6 +59,7 @@ class LlamaCppGenerator:
 
     requires = "llama_cpp"
     install = INSTALL
+    base = None  # a GGUF's weights are what they are (engines.Engine.base)
 
     def __init__(self, llm, instruction: str | None = None, path: str | os.PathLike | None = None):
         self.llm = llm
@@ -112,9 +113,9 @@ class LlamaCppGenerator:
 
     def _completion(self, summary: str, settings, seed: int | None, stream: bool):
         sample = settings.sampling
-        prompt, max_tokens = self._prompt(summary, settings)
+        prompt, max_new_tokens = self._prompt(summary, settings)
         return self.llm.create_completion(
-            prompt=prompt, max_tokens=max_tokens, stream=stream,
+            prompt=prompt, max_tokens=max_new_tokens, stream=stream,  # llama-cpp-python's name for it
             temperature=settings.temperature if sample else 0.0, top_p=settings.top_p if sample else 1.0,
             top_k=settings.top_k if sample else 1, min_p=0.0, repeat_penalty=1.0,
             logits_processor=self._processors(summary, len(prompt), settings),
@@ -129,7 +130,7 @@ class LlamaCppGenerator:
         from llama_cpp import LogitsProcessorList
 
         sample = settings.sampling
-        prompt, max_tokens = self._prompt(summary, settings)
+        prompt, max_new_tokens = self._prompt(summary, settings)
         record = _LogprobRecorder() if scored else None  # first, so that it sees the raw logits
         procs = [*([record] if scored else []), *(self._processors(summary, len(prompt), settings) or [])]
         self.llm.set_seed(seed if seed is not None else -1)  # -1: llama.cpp's random seed
@@ -143,7 +144,7 @@ class LlamaCppGenerator:
             if _is_eog(self.llm, tok):
                 break
             tokens.append(int(tok))
-            if len(tokens) >= max_tokens or halt():
+            if len(tokens) >= max_new_tokens or halt():
                 break
         text = self.llm.detokenize(tokens, prev_tokens=prompt).decode("utf-8", errors="ignore").strip()
         mean = round(sum(logprobs) / len(logprobs), 4) if logprobs else None

@@ -162,12 +162,11 @@ def load_for_inference(ref: str | None, precision: str = "auto", device: str | N
     The tokenizer pads on the left, as batched generation needs.
 
     A QLoRA run was trained and validated on NF4 base weights, so by default its base is rounded through NF4 the
-    same way (writemypaper.nf4) before the adapter goes on; `nf4_base=False` keeps the unrounded base. Which one was
-    used is in `model.writemypaper_base`, for evaluate's scores and export's model card."""
+    same way (writemypaper.nf4) before the adapter goes on; `nf4_base=False` keeps the unrounded base. Which one is
+    used, `base_weights` says, for evaluate's scores and export's model card."""
     ref = resolve_model(ref)
     device = device or default_device()
     tokenizer = load_tokenizer(ref, padding_side="left")
-    base_kind = "as saved"
     if is_run_dir(ref):
         from peft import PeftModel
 
@@ -183,15 +182,25 @@ def load_for_inference(ref: str | None, precision: str = "auto", device: str | N
                 dtype = nf4.run_compute_dtype(ref)
                 base.to(device)  # bitsandbytes quantizes on the weights' device: the GPU is much faster
                 n = nf4.round_trip_(base, dtype)
-                base_kind = f"NF4-dequantized ({str(dtype).replace('torch.', '')}), as trained and validated"
                 print(f"writemypaper: note: {ref} is a QLoRA run: its base's {n} projections are rounded through NF4, "
                       f"as in training", file=sys.stderr)
-            else:
-                base_kind = "unrounded (the QLoRA run was trained on NF4 weights)"
         model = PeftModel.from_pretrained(base, ref, is_trainable=False)
     else:
         model = load_model(ref, precision=precision, tokenizer=tokenizer)
     model.to(device)
     model.eval()
-    model.writemypaper_base = base_kind
     return model, tokenizer
+
+
+def base_weights(ref: str | None, nf4_base: bool = True) -> str:
+    """Which base weights `load_for_inference(ref, nf4_base=...)` puts the adapter on, in words: "as saved", or for
+    a QLoRA run its NF4-rounded base (or the unrounded one). Read from the run's files, without loading weights."""
+    from writemypaper import nf4
+
+    ref = resolve_model(ref)
+    if not is_run_dir(ref) or not nf4.run_quantization(ref):
+        return "as saved"
+    if not nf4_base:
+        return "unrounded (the QLoRA run was trained on NF4 weights)"
+    dtype = nf4.run_compute_dtype(ref)
+    return f"NF4-dequantized ({str(dtype).replace('torch.', '')}), as trained and validated"

@@ -8,51 +8,44 @@ with `add_special_tokens=False`: tokenizing it again with special tokens would d
 
 from __future__ import annotations
 
+import functools
+
 DEFAULT_INSTRUCTION = "다음 요약된 글을 한 문단으로 길게 써주세요."
 END_OF_TURN = "<end_of_turn>"
 START_OF_TURN = "<start_of_turn>"
 
-# Gemma's turn format as a chat template, set on every tokenizer we load or export, so that plain
-# `tokenizer.apply_chat_template` renders exactly what `render_prompt` does. Gemma has no system role: system
-# text is folded into the first user turn (Gemma's own template refuses it outright).
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{%- set ns = namespace(system='') -%}"
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'system' -%}{%- set ns.system = ns.system + message['content'] + '\n\n' -%}"
-    "{%- else -%}"
-    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
-    "{{ '<start_of_turn>' + role + '\n' + (ns.system if role == 'user' else '') + message['content'] | trim"
-    " + '<end_of_turn>\n' }}"
-    "{%- if role == 'user' -%}{%- set ns.system = '' -%}{%- endif -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
-)
+# The meta tags of templates/chat.jinja: the chat template's own {{ }} and {% %} pass through as text.
+_TEMPLATE_TAGS = {"block_start_string": "[%", "block_end_string": "%]", "variable_start_string": "[[",
+                  "variable_end_string": "]]", "comment_start_string": "[#", "comment_end_string": "#]"}
+
+
+@functools.lru_cache(maxsize=32)
+def chat_template(instruction: str | None = None) -> str:
+    """Gemma's turn format as a chat template, rendered from templates/chat.jinja, so that plain
+    `tokenizer.apply_chat_template` renders exactly what `render_prompt` does. Gemma has no system role: system text
+    is folded into the first user turn (Gemma's own template refuses it outright).
+
+    With an instruction (export_chat_template), the first user message gets it and a blank line before it, unless
+    the message already starts with it; without one, the user's text is rendered as it is (the template set on
+    every tokenizer we load, whose callers wrap the summary with `user_message` themselves)."""
+    import json
+    from importlib import resources
+
+    import jinja2
+
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, **_TEMPLATE_TAGS)
+    # A JSON string literal is also a valid Jinja string literal (quotes, backslashes and newlines escaped).
+    env.filters["jinja_string"] = lambda text: json.dumps(text, ensure_ascii=False)
+    source = resources.files("writemypaper").joinpath("templates", "chat.jinja").read_text(encoding="utf-8")
+    return env.from_string(source).render(instruction=instruction)
 
 
 def export_chat_template(instruction: str | None = None) -> str:
-    """CHAT_TEMPLATE with the instruction built in, for exported models: the first user message gets the instruction
-    and a blank line before it, so a consumer that knows nothing of writemypaper (a transformers pipeline, vLLM,
-    llama.cpp) sends the bare summary and renders exactly `render_prompt(summary, instruction)`. A first message
-    that already starts with the instruction is left as it is, so callers that wrap the summary themselves (our own
-    `user_message`) render the same prompt, not the instruction twice."""
-    import json
-
-    # A JSON string literal is also a valid Jinja string literal (quotes, backslashes and newlines escaped).
-    literal = json.dumps((instruction or DEFAULT_INSTRUCTION).strip(), ensure_ascii=False)
-    return CHAT_TEMPLATE.replace(
-        "{%- set ns = namespace(system='') -%}",
-        "{%- set ns = namespace(system='', first=true) -%}"
-        "{%- set instruction = " + literal + " -%}",
-    ).replace(
-        "{{ '<start_of_turn>' + role + '\n' + (ns.system if role == 'user' else '') + message['content'] | trim",
-        "{%- set content = message['content'] | trim -%}"
-        "{%- if role == 'user' and ns.first -%}{%- set ns.first = false -%}"
-        "{%- if not content.startswith(instruction) -%}{%- set content = instruction + '\n\n' + content -%}{%- endif -%}"
-        "{%- endif -%}"
-        "{{ '<start_of_turn>' + role + '\n' + (ns.system if role == 'user' else '') + content",
-    )
+    """The chat template with the instruction built in, for exported models: a consumer that knows nothing of
+    writemypaper (a transformers pipeline, vLLM, llama.cpp) sends the bare summary and renders exactly
+    `render_prompt(summary, instruction)`, and one that wraps the summary itself (our own `user_message`) renders
+    the same prompt, not the instruction twice."""
+    return chat_template((instruction or DEFAULT_INSTRUCTION).strip())
 
 
 def user_message(summary: str, instruction: str | None = None) -> str:

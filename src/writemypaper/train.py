@@ -119,7 +119,8 @@ def train(cfg, data: str, out: str, model: str | None = None, resume: bool = Fal
 
     run_record = _start_run(cfg, data, out_dir, overwrite and not resume)
     checkpoint = _resume_from(out_dir) if resume else None
-    trainer = build_trainer(cfg, ref, out_dir, train_ds, eval_ds, tokenizer)
+    policy = _policy(cfg, ref)
+    trainer = build_trainer(cfg, ref, out_dir, train_ds, eval_ds, tokenizer, policy=policy)
     parameters = count_parameters(trainer.model)
     start = time.time()
     result = _fit(trainer, checkpoint, cfg.get("compile_layers"))
@@ -127,7 +128,7 @@ def train(cfg, data: str, out: str, model: str | None = None, resume: bool = Fal
 
     metrics: dict = {}
     if trainer.is_world_process_zero():
-        metrics = _run_metrics(trainer, result, cfg, checkpoint, runtime, sizes, parameters)
+        metrics = _run_metrics(trainer, result, cfg, checkpoint, runtime, sizes, parameters, policy)
         _write_run(trainer, tokenizer, out_dir, data, metrics, trainer.state.log_history, run_record)
     return metrics
 
@@ -187,18 +188,25 @@ def _examples(cfg, data: str, tokenizer):
     return train_ds, eval_ds, sizes
 
 
+def _policy(cfg, ref: str):
+    """Precision, attention and compiled layers for this device (policy.resolve_policy), said on stderr."""
+    from writemypaper import models
+    from writemypaper.policy import resolve_policy
+
+    policy = resolve_policy(cfg.precision, cfg.get("attn_implementation"), cfg.get("compile_layers"),
+                            config=models.load_model_config(ref))
+    policy.announce()
+    return policy
+
+
 def _dry_run(cfg, ref: str, sizes: dict) -> dict:
     """--dry-run: the resolved config, what this device would use, and what would train, without loading weights."""
     from omegaconf import OmegaConf
 
-    from writemypaper import models
-    from writemypaper.policy import resolve_policy
     from writemypaper.trainer import dry_run_parameters
 
     trainable, total = dry_run_parameters(ref, cfg)
-    policy = resolve_policy(cfg.precision, cfg.get("attn_implementation"), cfg.get("compile_layers"),
-                            config=models.load_model_config(ref))
-    policy.announce()
+    policy = _policy(cfg, ref)
     max_length = cfg.training.get("max_length")
     dropped = sizes["dropped_over_max_length"]
     print(OmegaConf.to_yaml(cfg))
@@ -241,7 +249,7 @@ def _fit(trainer, checkpoint: str | None, compile_requested):
 
 
 def _run_metrics(trainer, result, cfg, checkpoint: str | None, runtime: float, sizes: dict,
-                 parameters: tuple[int, int]) -> dict:
+                 parameters: tuple[int, int], policy) -> dict:
     """metrics.json: the losses, the run's size and speed, and what it ran on."""
     import torch
 
@@ -271,7 +279,7 @@ def _run_metrics(trainer, result, cfg, checkpoint: str | None, runtime: float, s
         "dataset": sizes,
         "precision": str(dtype).replace("torch.", ""),
         "attn_implementation": getattr(trainer.model.config, "_attn_implementation", None),
-        "compile_layers": getattr(getattr(trainer, "writemypaper_policy", None), "compile_layers", None),
+        "compile_layers": policy.compile_layers,
         "compute_capability": ".".join(map(str, torch.cuda.get_device_capability()))
         if torch.cuda.is_available() else None,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",

@@ -162,10 +162,12 @@ def compile_layers(model) -> int:
     return len(layers)
 
 
-def build_trainer(cfg, ref: str, out_dir: Path, train_ds, eval_ds, tokenizer, callbacks: list | None = None):
+def build_trainer(cfg, ref: str, out_dir: Path, train_ds, eval_ds, tokenizer, callbacks: list | None = None,
+                  policy=None):
     """The SFTTrainer every run uses (the benchmarks too): precision, attention and compiled layers resolved for this
-    device (policy.resolve_policy, which says on stderr what it stepped down and why), the model loaded with them
-    and the quantization, LoRA from `lora:`, SFTConfig from `training:`, and our callbacks."""
+    device (policy.resolve_policy, which says on stderr what it stepped down and why; `policy` passes one already
+    resolved, as `train` does to record it), the model loaded with them and the quantization, LoRA from `lora:`,
+    SFTConfig from `training:`, and our callbacks."""
     import torch
     from transformers.trainer_callback import ProgressCallback
     from trl import SFTTrainer
@@ -174,9 +176,10 @@ def build_trainer(cfg, ref: str, out_dir: Path, train_ds, eval_ds, tokenizer, ca
     from writemypaper.policy import resolve_policy
 
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(out_dir) / "tensorboard")
-    policy = resolve_policy(cfg.precision, cfg.get("attn_implementation"), cfg.get("compile_layers"),
-                            config=models.load_model_config(ref))
-    policy.announce()
+    if policy is None:
+        policy = resolve_policy(cfg.precision, cfg.get("attn_implementation"), cfg.get("compile_layers"),
+                                config=models.load_model_config(ref))
+        policy.announce()
     base = models.load_model(ref, quantization=cfg.get("quantization"), tokenizer=tokenizer, policy=policy)
     args = sft_config(cfg, Path(out_dir), policy.dtype)
     trainer = SFTTrainer(
@@ -195,5 +198,4 @@ def build_trainer(cfg, ref: str, out_dir: Path, train_ds, eval_ds, tokenizer, ca
                 p.data = p.data.float()
     if policy.compile_layers:  # last: the layers compile at their first call, with the weights as they are now
         compile_layers(trainer.model)
-    trainer.writemypaper_policy = policy
     return trainer

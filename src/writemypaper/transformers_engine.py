@@ -67,8 +67,9 @@ class Generator:
     requires = None  # transformers and torch come with the base install
     install = None
 
-    def __init__(self, model, tokenizer, instruction: str | None = None):
+    def __init__(self, model, tokenizer, instruction: str | None = None, base: str | None = None):
         self.model = model
+        self.base = base  # which base weights the adapter sits on (models.base_weights), for evaluate's scores
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"  # batched generation needs the prompts flush right
         self.instruction = instruction
@@ -78,10 +79,10 @@ class Generator:
     @classmethod
     def load(cls, model: str | None = None, precision: str = "auto", device: str | None = None,
              instruction: str | None = None) -> "Generator":
-        from writemypaper.models import load_for_inference
+        from writemypaper.models import base_weights, load_for_inference
 
         m, tok = load_for_inference(model, precision=precision, device=device)
-        return cls(m, tok, instruction=instruction or run_instruction(model))
+        return cls(m, tok, instruction=instruction or run_instruction(model), base=base_weights(model))
 
     def reference_losses(self, samples: list[dict]) -> list[tuple[float, int]]:
         """Per sample, the summed loss and the number of tokens of the model's turn (see `reference_losses`)."""

@@ -51,7 +51,7 @@ def finish_tokenizer(tokenizer):
     if not tokenizer.chat_template or "start_of_turn" not in tokenizer.chat_template:
         # Either none at all (GGUF) or a template that is not Gemma's turn format: ours keeps training and
         # inference on one format.
-        tokenizer.chat_template = prompts.CHAT_TEMPLATE
+        tokenizer.chat_template = prompts.chat_template()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

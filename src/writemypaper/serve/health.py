@@ -22,8 +22,8 @@ async def health(request: Request):
     whether answers carry the fact check, and the words for its kinds of fact."""
     state = request.app.state
     scheduler, limits = state.scheduler, state.limits
-    max_tokens, temperature = defaults(limits)
+    max_new_tokens, temperature = defaults(limits)
     return {"status": "ok", "model": state.model_name, "api_key_required": state.api_key_required,
             "queue": {"active": scheduler.active, "waiting": len(scheduler.waiting), "depth": limits.queue_depth},
-            "limits": asdict(limits), "defaults": {"max_tokens": max_tokens, "temperature": temperature},
+            "limits": asdict(limits), "defaults": {"max_tokens": max_new_tokens, "temperature": temperature},
             "fact_check": state.fact_check, "fact_kinds": FACT_LABELS, "served": scheduler.stats}

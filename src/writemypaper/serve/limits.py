@@ -74,7 +74,7 @@ def check_summary(text: str, limits: Limits, param: str) -> str:
 
 
 def defaults(limits: Limits) -> tuple[int, float]:
-    """The max_tokens and temperature of a request that sets neither: GenerationSettings', within the limits."""
+    """The max_new_tokens and temperature of a request that sets neither: GenerationSettings', within the limits."""
     base = GenerationSettings()
     return (min(base.max_new_tokens, limits.max_new_tokens),
             min(max(base.temperature, limits.min_temperature), limits.max_temperature))
@@ -85,14 +85,15 @@ def request_settings(req, limits: Limits) -> GenerationSettings:
     except the seed: a request without one is sampled afresh, as OpenAI's API does, not with the fixed seed that
     makes `generate` and `evaluate` repeatable."""
     base = GenerationSettings()
-    # Chat clients now send max_completion_tokens (max_tokens is its deprecated name there).
+    # The API's names stop here: chat clients now send max_completion_tokens (max_tokens is its deprecated name
+    # there), and both are max_new_tokens inside; an error names the field the client sent.
     name = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) is not None else "max_tokens"
-    max_tokens = getattr(req, name)
+    max_new_tokens = getattr(req, name)
     default_tokens, default_temperature = defaults(limits)
-    if max_tokens is None:
-        max_tokens = default_tokens
-    if not 1 <= max_tokens <= limits.max_new_tokens:
-        raise ApiError(400, f"{name}={max_tokens} is not in [1, {limits.max_new_tokens}]", name)
+    if max_new_tokens is None:
+        max_new_tokens = default_tokens
+    if not 1 <= max_new_tokens <= limits.max_new_tokens:
+        raise ApiError(400, f"{name}={max_new_tokens} is not in [1, {limits.max_new_tokens}]", name)
     lo, hi = limits.min_temperature, limits.max_temperature
     temperature = default_temperature if req.temperature is None else req.temperature
     if not lo <= temperature <= hi:
@@ -103,7 +104,7 @@ def request_settings(req, limits: Limits) -> GenerationSettings:
     _check_counts(req, limits, temperature, base)
     _check_neutral(req)
     settings = GenerationSettings(
-        max_new_tokens=max_tokens, temperature=temperature, num_return_sequences=req.n, seed=req.seed,
+        max_new_tokens=max_new_tokens, temperature=temperature, num_return_sequences=req.n, seed=req.seed,
         top_p=base.top_p if req.top_p is None else req.top_p,
         top_k=base.top_k if req.top_k is None else req.top_k,
         repetition_penalty=base.repetition_penalty if req.repetition_penalty is None else req.repetition_penalty,

@@ -11,20 +11,8 @@ import pytest
 
 from writemypaper import metrics
 from writemypaper.errors import UserError
-from writemypaper.metrics import (
-    Fact,
-    coverage,
-    extract_facts,
-    faithfulness,
-    lcs_length,
-    quantities,
-    rouge_l,
-    rouge_n,
-    rouge_scores,
-    score,
-    tokenize,
-    unsupported_facts,
-)
+from writemypaper.factcheck import Fact, coverage, extract_facts, quantities, unsupported_facts
+from writemypaper.metrics import faithfulness, lcs_length, rouge_l, rouge_n, rouge_scores, score, tokenize
 
 # Kiwi's analyses, which the hand working below relies on (checked in test_tokenize_drops_punctuation_keeps_content):
 #   "학생이 학교에 간다."   -> 학생 이 학교 에 가 ᆫ다            (6 tokens; "." (SF) dropped)

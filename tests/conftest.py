@@ -89,18 +89,3 @@ def short_prepared(tmp_path_factory):
     assert main(["prepare", "--input", str(REPO / "data" / "sample"), "--out", str(out), "-q", *SHORT_PAIRS]) == 0
     return out
 
-
-# ---------------------------------------------------------------------------------------------------------------------
-# order: the longest files first, so that two workers (scripts/test runs pytest-xdist, a file to a worker) finish
-# together instead of one idling while the other runs the demo at the end of the alphabet's queue
-
-LONGEST_FIRST = ["test_demo.py", "test_notebook.py", "test_gguf_llamacpp.py", "test_train.py", "test_resume.py",
-                 "test_serve.py", "test_distributed.py", "test_output_policy.py", "test_serve_browser.py",
-                 "test_grounding.py", "test_numbers.py", "test_export_instruction.py", "test_atomic.py",
-                 "test_serve_fuzz.py", "test_evaluate.py", "test_compile.py", "test_nf4.py", "test_eval_memory.py",
-                 "test_cli.py"]
-
-
-def pytest_collection_modifyitems(session, config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept

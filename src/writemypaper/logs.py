@@ -22,6 +22,22 @@ _VERBOSITY_ENV = ("TRANSFORMERS_VERBOSITY", "HF_HUB_VERBOSITY", "DATASETS_VERBOS
 _HANDLER_NAME = "writemypaper-third-party"
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record comes, not the one there was when the handler was made (a test
+    runner swaps sys.stderr per test and closes the old one)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 class _OursOrSevere(logging.Filter):
     """Pass our own records at every level the logger allows, and other libraries' from ERROR up."""
 
@@ -46,7 +62,7 @@ def quiet_libraries() -> None:
     # how `kernels` printed its offline notice). One stderr handler on the root logger, filtered, takes its place.
     root = logging.getLogger()
     if not any(getattr(h, "name", None) == _HANDLER_NAME for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderr()
         handler.set_name(_HANDLER_NAME)
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
         handler.addFilter(_OursOrSevere())

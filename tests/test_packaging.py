@@ -4,6 +4,7 @@ match constraints/floors.txt, the versions scripts/check-floors tests. scripts/c
 """
 
 import fnmatch
+import re
 import shutil
 import subprocess
 import sys
@@ -136,3 +137,15 @@ def test_sdist_and_wheel_carry_the_data(tmp_path):
     for rel in modules:
         assert rel in snames, f"sdist lacks {rel}"
         assert rel.removeprefix("src/") in wnames, f"wheel lacks {rel}"
+
+
+@pytest.mark.parametrize("lock", ["tested.txt", "floors-tested.txt"])
+def test_locks_pin_released_versions_only(lock):
+    """CI installs through these: a line that names a path or this project (a `pip freeze` of a non-editable
+    install writes `writemypaper @ file:///...`) makes pip refuse the whole install on a clean machine."""
+    lines = [l for l in (REPO / "constraints" / lock).read_text(encoding="utf-8").splitlines()
+             if l.strip() and not l.startswith("#")]
+    assert len(lines) > 50
+    bad = [l for l in lines if not re.fullmatch(r"[A-Za-z0-9_.-]+==[A-Za-z0-9_.+!-]+", l) or
+           l.lower().startswith(("writemypaper", "torch=="))]
+    assert not bad, f"constraints/{lock}: {bad}"

@@ -172,11 +172,14 @@ def _gather(marks, dev, cuda):
 
 def _record(a, cfg, stats, summary, ab, peak, history, args, eval_on, lever, block, extra) -> dict:
     """The row: appended to --out as one JSON line, and printed."""
-    from writemypaper import models
+    from writemypaper import families, models
     from writemypaper.config import to_dict
 
     mconf = models.load_model_config(a.model)
-    fl = common.lora_flops_per_token(mconf, int(cfg.lora.r), list(cfg.lora.target_modules), stats)
+    fam = families.family(mconf.model_type)  # `auto` and `all-linear` are the family's projections
+    targets = families.target_modules(fam, cfg.lora.get("target_modules"))
+    targets = list(fam.target_modules) if targets == "all-linear" else targets
+    fl = common.lora_flops_per_token(mconf, int(cfg.lora.r), targets, stats)
     peak_tflops = json.loads(Path(a.peak).read_text())["bf16_matmul_tflops"] if a.peak and Path(a.peak).is_file() else None
     tps = summary["tokens_per_s"]
     result = {

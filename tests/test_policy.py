@@ -84,6 +84,30 @@ def test_gemma3_never_gets_fp16(fake_gpu, gemma3):
     assert p.precision == "bf16" and p.notes[0].startswith("warning: Gemma 3 overflows in fp16; using bf16")
 
 
+@pytest.mark.parametrize("model_type", ["gemma2", "gemma3", "gemma3_text", "llama", "qwen2", "qwen3", "exaone"])
+def test_the_family_decides_fp16(fake_gpu, model_type):
+    """Precision asks the model's family (families.py) whether fp16 is safe; no model_type is matched by name."""
+    from writemypaper import families
+
+    fam = families.family(model_type)
+    fake_gpu(T4)
+    p = policy.resolve_policy("auto", "eager", config=types.SimpleNamespace(model_type=model_type))
+    assert p.precision == ("fp16" if fam.fp16 else "fp32")
+    assert policy.resolve_policy("fp16", "eager", model_type=model_type).precision == ("fp16" if fam.fp16 else "fp32")
+
+
+def test_a_family_marked_unsafe_in_fp16_never_gets_it(fake_gpu, monkeypatch):
+    """A new family entry with fp16=False is enough: Llama marked so gets fp32 on a T4 and a warning naming it."""
+    import dataclasses
+
+    from writemypaper import families
+
+    monkeypatch.setitem(families.FAMILIES, "llama", dataclasses.replace(families.FAMILIES["llama"], fp16=False))
+    fake_gpu(T4)
+    p = policy.resolve_policy("fp16", "eager", model_type="llama")
+    assert p.precision == "fp32" and p.notes[0] == "warning: Llama overflows in fp16; using fp32"
+
+
 def test_explicit_settings_are_respected_with_a_warning(fake_gpu, gemma2):
     fake_gpu(T4)
     p = policy.resolve_policy("bf16", "eager", True, config=gemma2)

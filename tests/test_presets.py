@@ -1,5 +1,5 @@
 """Every training preset, built into TRL's SFTTrainer on CPU with the embedded model: the labels that reach the model
-mask the prompt and keep the abstract and its closing `<end_of_turn>`, after TRL's own dataset preparation (packing
+mask the prompt and keep the abstract and its closing end-of-turn token, after TRL's own dataset preparation (packing
 included, where the preset packs) and after its collator. TRL 1.0-1.6 dropped our labels when packing; this fails there.
 `seed` is also checked for the notebook's recipe, read from the SFTConfig and LoraConfig the trainer was built with.
 """
@@ -35,7 +35,7 @@ def expected(tokenizer):
     for summary, original in PAIRS:
         ids = prompts.encode_example(tokenizer, summary, original)["input_ids"]
         n = len(prompts.encode_prompt(tokenizer, summary))
-        assert tokenizer.decode(ids[:n]) == prompts.render_prompt(summary, bos=tokenizer.bos_token)
+        assert tokenizer.decode(ids[:n]) == prompts.render_prompt(summary, None, tokenizer)
         assert tokenizer.decode(ids[n:]).startswith(original)
         out.append((ids, n))
     return out
@@ -56,7 +56,7 @@ def _build(name: str, tokenizer, tmp_path, extra=()):
 
 def _check_row(input_ids, labels, expected, pad_id) -> int:
     """A row (one pair, a packed bin, or a padding-free batch) must be whole pairs and padding, nothing else. Each
-    pair: prompt tokens -100; every token after the prompt (abstract, `<end_of_turn>`, newline, eos) its own id.
+    pair: prompt tokens -100; every token after the prompt (abstract, end of turn, newline, eos) its own id.
     Padding: -100. Returns how many pairs the row held."""
     input_ids, labels = list(input_ids), list(labels)
     assert len(input_ids) == len(labels)
@@ -78,8 +78,8 @@ def _check_row(input_ids, labels, expected, pad_id) -> int:
 @pytest.mark.parametrize("name", TRAIN_PRESETS)
 def test_labels_reach_the_model(name, tokenizer, expected, tmp_path):
     cfg, trainer = _build(name, tokenizer, tmp_path)
-    eot = tokenizer.convert_tokens_to_ids(prompts.END_OF_TURN)
-    assert all(ids[-3] == eot for ids, _ in expected)  # ... <end_of_turn> \n <eos>: the closing turn is in seg[n:]
+    eot = tokenizer.convert_tokens_to_ids(prompts.end_of_turn(tokenizer))
+    assert all(ids[-3] == eot for ids, _ in expected)  # ... end of turn, \n, eos: the closing turn is in seg[n:]
     packs = bool(cfg.training.get("packing"))
     assert trainer.args.packing == packs and trainer.args.padding_free == bool(cfg.training.get("padding_free"))
 
@@ -115,3 +115,26 @@ def test_seed_carries_the_notebooks_recipe(tokenizer, tmp_path):
     # the LoRA layers were really injected with that rank
     ranks = {m.r["default"] for m in trainer.model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A}
     assert ranks == {6}
+
+
+@pytest.mark.parametrize("name", TRAIN_PRESETS)
+def test_presets_name_no_family_specific_modules(name):
+    """A preset works for every family: LoRA's targets are the family's own (auto) or PEFT's all-linear."""
+    assert config.load_config(name, kind="train").lora.target_modules in ("auto", "all-linear")
+
+
+def test_a_module_list_that_does_not_fit_names_the_family(tmp_path):
+    from writemypaper.errors import UserError
+    from writemypaper.trainer import lora_config
+
+    cfg = config.load_config("cpu-demo", ["lora.target_modules=[q_proj,c_fc_0]"], kind="train")
+    with pytest.raises(UserError) as e:
+        lora_config(cfg, "gemma3_text")
+    assert str(e.value) == ("lora.target_modules: c_fc_0 are not modules of Gemma 3 models; theirs are q_proj, "
+                            "k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (or set target_modules: auto)")
+    # a list that fits is kept as given; auto is the family's own
+    ok = config.load_config("cpu-demo", ["lora.target_modules=[q_proj,v_proj]"], kind="train")
+    assert set(lora_config(ok, "qwen2").target_modules) == {"q_proj", "v_proj"}
+    auto = config.load_config("cpu-demo", kind="train")
+    assert set(lora_config(auto, "llama").target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                               "up_proj", "down_proj"}

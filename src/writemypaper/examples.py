@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import weakref
 
-TOKENIZE_VERSION = 2  # part of the tokenization cache key: bump it whenever tokenize_split's output changes
+TOKENIZE_VERSION = 3  # part of the tokenization cache key: bump it whenever tokenize_split's output changes
 DROP_WARN = 0.05  # warn when more than this share of a split is longer than max_length
 
 
@@ -39,18 +39,6 @@ def stratified_subset(ds, n: int | None, seed: int, column: str = "ipc"):
     return ds.select(sorted(i for _, _, i in keyed[:n]))
 
 
-def _prompt_length(prompt_ids: list[int], ids: list[int]) -> int:
-    """As prompts.encode_example: the prompt's own length when the pair's ids start with it, else the longest common
-    prefix (the tokenizer merged "model\n" with the answer's first characters), so no answer token is masked."""
-    n = len(prompt_ids)
-    if ids[:n] == prompt_ids:
-        return n
-    n = 0
-    while n < min(len(ids), len(prompt_ids)) and ids[n] == prompt_ids[n]:
-        n += 1
-    return n
-
-
 def _encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
     """`tokenizer(texts, add_special_tokens=False)["input_ids"]`, through the Rust tokenizer's encode_batch_fast where
     there is one: the same ids, in parallel, without the offsets and masks (a third of the time) that we never use."""
@@ -66,18 +54,18 @@ def _encode_batch(batch, tokenizer, instruction, max_length):
     encodes a list in parallel), dropping the pairs longer than max_length."""
     from writemypaper import prompts
 
-    bos, eos = tokenizer.bos_token, tokenizer.eos_token_id
+    suffix, eos = prompts.completion_suffix(tokenizer), prompts.eos_ids(tokenizer)
     pairs = list(zip(batch["summary"], batch["original"]))
-    prompt_ids = _encode_texts(tokenizer, [prompts.render_prompt(s, instruction, bos) for s, _ in pairs])
-    full_ids = _encode_texts(tokenizer, [prompts.render_example(s, o, instruction, bos) for s, o in pairs])
+    render = prompts.prompt_renderer(tokenizer, instruction)
+    prompt_ids = _encode_texts(tokenizer, [render(s) for s, _ in pairs])
+    answer_ids = _encode_texts(tokenizer, [o.strip() + suffix for _, o in pairs])
     out = {"input_ids": [], "labels": []}
-    for p, ids in zip(prompt_ids, full_ids):
-        ids = ids + [eos]
-        if max_length and len(ids) > max_length:
+    for p, a in zip(prompt_ids, answer_ids):
+        p, a = prompts.bos_once(tokenizer, p), a + eos
+        if max_length and len(p) + len(a) > max_length:
             continue
-        n = _prompt_length(p, ids)
-        out["input_ids"].append(ids)
-        out["labels"].append([-100] * n + ids[n:])
+        out["input_ids"].append(p + a)
+        out["labels"].append([-100] * len(p) + a)
     return out
 
 
@@ -91,6 +79,8 @@ def _tokenizer_key(tokenizer) -> str:
     here; hashing its serialized form takes about 1 s."""
     import hashlib
 
+    from writemypaper import prompts
+
     try:
         key = _TOKENIZER_KEYS.get(tokenizer)
     except TypeError:  # a tokenizer that cannot be weakly referenced: no cache
@@ -103,7 +93,8 @@ def _tokenizer_key(tokenizer) -> str:
             from datasets.fingerprint import Hasher
 
             h = hashlib.sha256(Hasher.hash(tokenizer).encode("utf-8"))
-        h.update(repr((tokenizer.bos_token, tokenizer.eos_token_id, type(tokenizer).__name__)).encode("utf-8"))
+        h.update(repr((tokenizer.bos_token, tokenizer.eos_token_id, type(tokenizer).__name__, tokenizer.chat_template,
+                       getattr(tokenizer, prompts.FAMILY_ATTR, None))).encode("utf-8"))
         key = h.hexdigest()
         try:
             _TOKENIZER_KEYS[tokenizer] = key
@@ -114,7 +105,7 @@ def _tokenizer_key(tokenizer) -> str:
 
 def tokenize_split(ds, tokenizer, instruction, max_length: int | None, limit: int | None = None, seed: int = 42):
     """Token ids and prompt-masked labels, in one batched map. Pairs longer than max_length are dropped, not
-    truncated: a truncated example would lose its `<end_of_turn>` and teach the model never to stop. `limit` takes a
+    truncated: a truncated example would lose its end-of-turn token and teach the model never to stop. `limit` takes a
     seeded subset stratified by field (stratified_subset). Returns (dataset, pairs dropped for length).
 
     A dataset read from disk (load_split) caches the result in the datasets cache under a key made of the source's

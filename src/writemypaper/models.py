@@ -1,7 +1,7 @@
-"""Loading models and tokenizers: the embedded Gemma 3 270M, local directories, Hub ids, training runs and
-merged exports all go through `load_model` / `load_tokenizer` / `load_for_inference` here, with an untrained
-`<end_of_turn>` embedding mended at every load. Where the weights come from is weights.py; the precision and
-attention they load in, policy.py.
+"""Loading models and tokenizers: the embedded models, local directories, Hub ids, training runs and merged exports
+all go through `load_model` / `load_tokenizer` / `load_for_inference` here, each tokenizer finished for its model
+family (families.py), and an untrained end-of-turn embedding mended at every load. Where the weights come from is
+weights.py; the precision and attention they load in, policy.py.
 
     python -c "from writemypaper.models import load_for_inference; print(load_for_inference('gemma3-270m')[0])"
 """
@@ -32,23 +32,29 @@ def load_tokenizer(ref: str | None, padding_side: str = "right"):
     with hub_errors(src):
         tok = AutoTokenizer.from_pretrained(src, token=hub_token())
     tok.padding_side = padding_side
-    return finish_tokenizer(tok)
+    return finish_tokenizer(tok, model_type(ref))
+
+
+def model_type(ref: str) -> str:
+    """The config's model_type of a resolved reference; a training run's is its base model's."""
+    src = ref if (Path(ref) / "config.json").is_file() or not is_run_dir(ref) else resolve_model(run_base_model(ref))
+    return load_model_config(src).model_type
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# the embedding repair: base Gemma checkpoints never trained `<end_of_turn>`'s row
+# the embedding repair: base checkpoints (the embedded Gemma 3 270M) never trained their end-of-turn token's row
 
 
 def end_of_turn_untrained(model, tokenizer, threshold: float = 0.9, sample: int = 16384) -> bool:
-    """True when `<end_of_turn>`'s embedding row sits in the collapsed cluster of rows that pretraining never
-    updated. Base (not -it) Gemma checkpoints have it there: in the embedded Gemma 3 270M it is near-identical
-    (cosine > 0.9) to about 6,400 other rows, so no LoRA on the layers can make it the likeliest token and a tuned
-    model never stops. A trained row has almost no such neighbours."""
+    """True when the end-of-turn token's embedding row sits in the collapsed cluster of rows that pretraining never
+    updated. Base (not instruction-tuned) checkpoints may have it there: in the embedded Gemma 3 270M it is
+    near-identical (cosine > 0.9) to about 6,400 other rows, so no LoRA on the layers can make it the likeliest token
+    and a tuned model never stops. A trained row has almost no such neighbours."""
     import torch
 
     from writemypaper import prompts
 
-    eot = tokenizer.convert_tokens_to_ids(prompts.END_OF_TURN)
+    eot = tokenizer.convert_tokens_to_ids(prompts.end_of_turn(tokenizer))
     if eot is None or eot == tokenizer.unk_token_id or eot == tokenizer.eos_token_id:
         return False
     weight = model.get_input_embeddings().weight
@@ -62,7 +68,7 @@ def end_of_turn_untrained(model, tokenizer, threshold: float = 0.9, sample: int 
 
 
 def fix_end_of_turn(model, tokenizer) -> bool:
-    """Give an untrained `<end_of_turn>` the embedding (and, if untied, the output row) of eos, which pretraining did
+    """Give an untrained end-of-turn token the embedding (and, if untied, the output row) of eos, which pretraining did
     train: the tuned model then ends its turn where the base model ended documents. Applied at every load, so
     training, generation and the merged export all see the same weights."""
     import torch
@@ -71,7 +77,7 @@ def fix_end_of_turn(model, tokenizer) -> bool:
 
     if not end_of_turn_untrained(model, tokenizer):
         return False
-    eot, eos = tokenizer.convert_tokens_to_ids(prompts.END_OF_TURN), tokenizer.eos_token_id
+    eot, eos = tokenizer.convert_tokens_to_ids(prompts.end_of_turn(tokenizer)), tokenizer.eos_token_id
     with torch.no_grad():
         emb = model.get_input_embeddings().weight
         emb[eot] = emb[eos]
@@ -121,7 +127,7 @@ def load_model(
     policy: Policy | None = None,
 ):
     """A causal LM from the embedded name, a directory or a Hub id; never with trust_remote_code, safetensors only.
-    With the tokenizer given, an untrained `<end_of_turn>` row is mended (see fix_end_of_turn). A `policy` already
+    With the tokenizer given, an untrained end-of-turn row is mended (see fix_end_of_turn). A `policy` already
     resolved (and announced) by the caller wins over `precision` and `attn_implementation`."""
     from transformers import AutoModelForCausalLM
 
@@ -144,8 +150,10 @@ def load_model(
     with hub_errors(ref):
         model = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
     if tokenizer is not None and fix_end_of_turn(model, tokenizer):
-        print(f"writemypaper: note: {ref}: <end_of_turn> had an untrained embedding; it now shares eos's, so a tuned "
-              f"model can end its turn", file=sys.stderr)
+        from writemypaper import prompts
+
+        print(f"writemypaper: note: {ref}: {prompts.end_of_turn(tokenizer)} had an untrained embedding; it now shares "
+              f"eos's, so a tuned model can end its turn", file=sys.stderr)
     return model
 
 

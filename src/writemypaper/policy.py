@@ -101,32 +101,37 @@ def pick_train_preset() -> tuple[str, str]:
 
 def _precision(precision: str, model_type: str, gpu, notes: list) -> str:
     """`auto` is bf16 where the GPU has it natively (compute capability 8.0+; `torch.cuda.is_bf16_supported()` also
-    says yes on a T4, where bf16 is only emulated), fp16 on older GPUs, fp32 on CPU. Gemma 3 overflows in fp16, so it
-    gets bf16 where that is native and fp32 elsewhere."""
+    says yes on a T4, where bf16 is only emulated), fp16 on older GPUs, fp32 on CPU. A family that overflows in fp16
+    (families.py: Gemma 3) gets bf16 where that is native and fp32 elsewhere."""
     import torch
+
+    from writemypaper import families
 
     precision = (precision or "auto").lower()
     if precision not in PRECISIONS:
         raise UserError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
     native = gpu is not None and gpu[1] >= NATIVE_BF16
     where = f"{gpu[0]} (sm {gpu[1][0]}.{gpu[1][1]})" if gpu else "this CPU"
-    gemma3 = model_type.startswith("gemma3")
+    fam = families.FAMILIES.get(model_type)  # a model of no family we know: nothing known against fp16
+    no_fp16 = fam is not None and not fam.fp16
     if precision == "auto":
         if gpu is None or native:
             return "bf16" if native else "fp32"
-        if gemma3:
-            notes.append(f"note: precision auto: fp32, since {where} has no native bf16 and Gemma 3 overflows in fp16")
+        if no_fp16:
+            notes.append(f"note: precision auto: fp32, since {where} has no native bf16 and {fam.name} overflows "
+                         f"in fp16")
             return "fp32"
         notes.append(f"note: precision auto: fp16 with a loss scaler, since {where} has no native bf16 (it needs "
                      f"compute capability 8.0)")
         return "fp16"
-    if precision == "fp16" and gemma3:
+    if precision == "fp16" and no_fp16:
         chosen = "bf16" if native else "fp32"
-        notes.append(f"warning: Gemma 3 overflows in fp16; using {chosen}")
+        notes.append(f"warning: {fam.name} overflows in fp16; using {chosen}")
         return chosen
     if precision == "bf16" and gpu is not None and not native:
         if not torch.cuda.is_bf16_supported():
-            raise UserError(f"precision bf16: {where} has no bf16; use precision=auto (fp16 for Gemma 2) or fp32")
+            raise UserError(f"precision bf16: {where} has no bf16; use precision=auto (fp16 where the model allows "
+                            f"it) or fp32")
         notes.append(f"warning: precision bf16 on {where} is emulated, without bf16 tensor cores, and slow; "
                      f"precision=auto picks fp16")
     return precision

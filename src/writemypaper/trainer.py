@@ -88,13 +88,21 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-def lora_config(cfg):
+def lora_config(cfg, model_type: str | None = None):
+    """PEFT's LoraConfig from `lora:`. `target_modules: auto` is the model family's own list (families.py), and an
+    explicit list must name modules of the family (one line naming both where it does not). Without `model_type`
+    (validation, before any model is read) `auto` is left to PEFT, so the other fields are checked all the same."""
     from peft import LoraConfig
 
+    from writemypaper import families
     from writemypaper.config import to_dict
 
     kw = to_dict(cfg.lora)
     kw.setdefault("task_type", "CAUSAL_LM")
+    if model_type is not None:
+        kw["target_modules"] = families.target_modules(families.family(model_type), kw.get("target_modules"))
+    elif kw.get("target_modules") == "auto":
+        kw["target_modules"] = None
     return LoraConfig(**kw)
 
 
@@ -144,7 +152,7 @@ def dry_run_parameters(ref: str, cfg) -> tuple[int, int]:
     config = models.load_model_config(ref)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    model = get_peft_model(model, lora_config(cfg))
+    model = get_peft_model(model, lora_config(cfg, config.model_type))
     return count_parameters(model)
 
 
@@ -176,15 +184,17 @@ def build_trainer(cfg, ref: str, out_dir: Path, train_ds, eval_ds, tokenizer, ca
     from writemypaper.policy import resolve_policy
 
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(out_dir) / "tensorboard")
+    model_config = models.load_model_config(ref)
+    peft_config = lora_config(cfg, model_config.model_type)  # before loading: a list that does not fit fails fast
     if policy is None:
         policy = resolve_policy(cfg.precision, cfg.get("attn_implementation"), cfg.get("compile_layers"),
-                                config=models.load_model_config(ref))
+                                config=model_config)
         policy.announce()
     base = models.load_model(ref, quantization=cfg.get("quantization"), tokenizer=tokenizer, policy=policy)
     args = sft_config(cfg, Path(out_dir), policy.dtype)
     trainer = SFTTrainer(
         model=base, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-        peft_config=lora_config(cfg), callbacks=_callbacks(cfg.get("early_stopping_patience")) + list(callbacks or []),
+        peft_config=peft_config, callbacks=_callbacks(cfg.get("early_stopping_patience")) + list(callbacks or []),
     )
     # ours (LossBar) replaces the stock bar; remove that very instance, since LossBar is a ProgressCallback too
     for cb in list(trainer.callback_handler.callbacks):

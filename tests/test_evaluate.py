@@ -126,6 +126,44 @@ def test_predictions_keep_their_ids_and_get_intervals(tmp_path, capsys):
     assert "#1 · 7" in page and "Paired differences" in page and "read from" in page
 
 
+def test_entity_precision_recall_and_length_reach_the_json(tmp_path, capsys):
+    rows = [{"summary": SUMMARY, "reference": REFERENCE}] * 2
+    _write(tmp_path / "a.jsonl", [{**r, "prediction": "3개국 대학생 1,200명의 태도를 비교하였다."} for r in rows])
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--predictions", f"a={tmp_path / 'a.jsonl'}", "--target-chars", "50", "--out", str(out),
+                 "bootstrap=200"]) == 0
+    assert "prec_s" in capsys.readouterr().out
+    scores = json.loads((out / "scores.json").read_text(encoding="utf-8"))
+    assert scores["settings"]["target_chars"] == 50 and scores["targets"] == {"a": 50}
+    # The abstract is 26 characters with its spaces, the reference 53: 24 and 3 from the target of 50.
+    o = scores["samples"][0]["outputs"]["a"]
+    assert (o["length_chars"], o["target_chars"], o["length_deviation"]) == (26, 50, 24)
+    agg, cis = scores["aggregate"], scores["intervals"]["models"]
+    assert agg["reference"]["length_deviation"] == 3
+    # Entities: the abstract's 3 (3개국) and 1200 are both the summary's; of the reference's 한 중 일 3 1200 2019 it
+    # has 2.
+    assert agg["a"]["prec_s"] == 1.0 and agg["a"]["entity_recall"] == pytest.approx(2 / 6)
+    for key in ("prec_s", "entity_recall", "length_chars", "length_deviation"):
+        lo, hi = cis["a"][key]
+        assert lo <= agg["a"][key] <= hi, key
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "prec_s" in page and "Columns side by side" in page
+    # Without a target, each output is measured against its reference's length.
+    assert main(["evaluate", "--predictions", f"a={tmp_path / 'a.jsonl'}", "--out", str(tmp_path / "e2"),
+                 "bootstrap=200"]) == 0
+    scores = json.loads((tmp_path / "e2" / "scores.json").read_text(encoding="utf-8"))
+    assert scores["samples"][0]["outputs"]["a"]["length_deviation"] == 53 - 26
+    assert "length_deviation" not in scores["aggregate"]["reference"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:  # argparse refuses it, as it does -n 0
+        main(["evaluate", "--predictions", str(tmp_path / "a.jsonl"), "--target-chars", "0", "--out",
+              str(tmp_path / "e3")])
+    assert exit_.value.code != 0 and "--target-chars: 0 is not a positive integer" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--target-chars 0"):
+        evaluate(config.load_config("evaluate", [], kind="evaluate"), str(tmp_path / "e3"),
+                 predictions=[str(tmp_path / "a.jsonl")], target_chars=0)
+
+
 def test_bad_settings_fail_before_any_model_loads(tmp_path):
     with pytest.raises(UserError, match="bootstrap=5"):
         evaluate(config.load_config("evaluate", ["bootstrap=5"], kind="evaluate"), str(tmp_path),
@@ -175,6 +213,25 @@ def test_each_model_generates_once_per_decoding(tiny_gemma2_dir, short_prepared,
         r["outputs"]["tiny · plain"]["prediction"] for r in scores["samples"]]
     page = (tmp_path / "e" / "report.html").read_text(encoding="utf-8")
     assert "<td>tiny · hot</td>" in page and "greedy, numbers unconstrained" in page
+
+
+def test_target_chars_reaches_generation_and_each_column_is_measured_against_its_own(tiny_gemma2_dir,
+                                                                                     short_prepared, tmp_path):
+    cfg = config.load_config("evaluate", [
+        "n_samples=2", "generation.max_new_tokens=30", "bootstrap=100", "precision=fp32",
+        "decodings=[plain,{name: own, target_chars: 60}]"], kind="evaluate")
+    scores = evaluate(cfg, out=str(tmp_path / "e"), models={"tiny": str(tiny_gemma2_dir)}, data=str(short_prepared),
+                      progress=False, target_chars=100)
+    # --target-chars sets generation.target_chars; a decoding that sets its own keeps it.
+    assert scores["targets"] == {"tiny · plain": 100, "tiny · own": 60}
+    assert scores["columns"]["tiny · plain"]["settings"]["target_chars"] == 100
+    for row in scores["samples"]:
+        for column, target in scores["targets"].items():
+            o = row["outputs"][column]
+            assert o["target_chars"] == target and o["length_deviation"] == abs(o["length_chars"] - target)
+    # Two targets: the reference has its length, but no one target to be measured against.
+    assert "length_deviation" not in scores["aggregate"]["reference"]
+    assert "target_chars: 100" in (tmp_path / "e" / "config.yaml").read_text(encoding="utf-8")
 
 
 def test_generate_output_is_scored_as_it_is_written(short_prepared, tiny_gemma2_dir, tmp_path, capsys):

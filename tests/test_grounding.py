@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from writemypaper.grounding import Grounding, GroundedNumbers, NumberTable, open_run, summary_numbers, written_forms
+from writemypaper.grounding import (Grounding, GroundedNumbers, NumberTable, Usage, open_run, summary_numbers,
+                                    written_forms)
 
 SUMMARY = "본 연구는 2015년 대학생 1,250명을 조사하였고 응답률은 0.18이었다. 자료는 1670~1671년의 것이다."
 
@@ -62,8 +63,8 @@ def test_open_run():
 # the core, on token ids of the real tokenizer
 
 
-def allowed(g: Grounding, run, token_id) -> bool:
-    mode, ids = g.constraint(run)
+def allowed(g: Grounding, run, token_id, used=None) -> bool:
+    mode, ids = g.constraint(run, used=used)
     return (token_id in ids) == (mode == "allow")
 
 
@@ -71,9 +72,12 @@ def writable(tok, table, g: Grounding, text: str, stops=(1, 106)) -> bool:
     """Could `text` be written token by token under the constraint, and then end?"""
     ids = ids_of(tok, text)
     for k, t in enumerate(ids):
-        if not allowed(g, table.trailing_run(ids[:k]), t):
+        run, used = Usage(table).read(ids[:k])
+        assert run == table.trailing_run(ids[:k])  # the row's count reads the text as the tail does
+        if not allowed(g, run, t, used):
             return False
-    return all(allowed(g, table.trailing_run(ids), s) for s in stops)
+    run, used = Usage(table).read(ids)
+    return all(allowed(g, run, s, used) for s in stops)
 
 
 @pytest.mark.parametrize("text", ["2015년에 1,250명을", "1250명 중", "응답률 0.18로", "1670~1671년", "1671년.",
@@ -98,6 +102,29 @@ def test_a_number_ends_only_where_one_of_the_summarys_ends(embedded_tokenizer, t
     # Mid-number only digits and separators that keep it a prefix may follow: "1," must become 1,250 or 1,670/1,671.
     mode, ids = g.constraint("1,")
     assert mode == "allow" and {table.texts[i] for i in ids} == {"2", "6"}
+
+
+def test_a_figure_is_written_as_often_as_the_summary_has_it_plus_once(embedded_tokenizer, table):
+    tok, g = embedded_tokenizer, Grounding(table, "댓글은 1.6배 많았고, 2015년과 2015년 자료를 비교하였다.")
+    assert writable(tok, table, g, "댓글은 1.6배 많았다. 이는 1.6배 높다.")
+    assert not writable(tok, table, g, "댓글은 1.6배 많았다. 이는 1.6배 높고 1.6배가 넘는다.")
+    assert writable(tok, table, g, "2015년, 2015년, 2015년") and not writable(tok, table, g, "2015년, " * 4)
+    # Once 1.6 is used up, no other number of the summary starts with 1: the digit 1 may not start one.
+    one = tok.convert_tokens_to_ids("1")
+    used = Usage(table).read(ids_of(tok, "1.6배, 1.6배 "))[1]
+    assert allowed(g, None, one) and not allowed(g, None, one, used)
+    # The reading goes on from where it stopped, as the adapter feeds it one step at a time.
+    u, ids = Usage(table), ids_of(tok, "1.6배와 2015년, 1.6")
+    for k in range(len(ids) + 1):
+        state = u.read(ids[u.seen:k], u.seen)
+    assert state == Usage(table).read(ids) and state[0] == "1.6"
+
+
+def test_the_adapter_counts_each_rows_figures(tiny):
+    # Pushed to write the summary's 1,250 four times, the row writes it twice (once + one restatement).
+    target = ids_of(tiny.tokenizer, "1,250명 1,250명 1,250명 1,250명")
+    text = pushed_generate(tiny, ["대학생 1,250명을 조사하였다."], [target], max_new_tokens=len(target))[0]
+    assert text.startswith("1,250명 1,250명") and numbers_in(text).count("1,250") == 2, text
 
 
 def test_no_number_is_started_that_the_length_limit_would_cut(embedded_tokenizer, table):

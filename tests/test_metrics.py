@@ -11,7 +11,7 @@ import pytest
 
 from writemypaper import metrics
 from writemypaper.errors import UserError
-from writemypaper.factcheck import Fact, coverage, extract_facts, quantities, unsupported_facts
+from writemypaper.factcheck import Fact, coverage, entities, extract_facts, quantities, unsupported_facts
 from writemypaper.metrics import faithfulness, lcs_length, rouge_l, rouge_n, rouge_scores, score, tokenize
 
 # Kiwi's analyses, which the hand working below relies on (checked in test_tokenize_drops_punctuation_keeps_content):
@@ -272,7 +272,7 @@ def test_faithfulness_keys_are_stable():
     assert set(got) >= {"unsupported", "n_facts", "unsupported_rate", "coverage"}
     # "3개국" 0-3, "1,200명" 4-10, "4개국" 12-15: only 4 countries is invented.
     assert got["n_facts"] == 3 and got["unsupported_rate"] == pytest.approx(1 / 3)
-    assert got["unsupported"] == [{"text": "4개국", "kind": "number", "start": 12, "end": 15}]
+    assert got["unsupported"] == [{"text": "4개국", "kind": "number", "start": 12, "end": 15, "reason": "absent"}]
 
 
 def test_coverage_by_hand():
@@ -288,7 +288,7 @@ def test_coverage_by_hand():
 def test_faithfulness_rate_and_no_facts():
     got = faithfulness("응답자의 23.4%가 지지하였다.", "1990년에 응답자의 23.4%가 지지하였다.")
     assert got == {
-        "unsupported": [{"text": "1990년", "kind": "year", "start": 0, "end": 5}],
+        "unsupported": [{"text": "1990년", "kind": "year", "start": 0, "end": 5, "reason": "absent"}],
         "n_facts": 2,
         "unsupported_rate": 0.5,
         "coverage": 1.0,
@@ -313,18 +313,22 @@ def test_score_shape_and_aggregates():
     assert got["models"] == ["copy", "tuned"] and got["n_samples"] == 2
     assert set(got["aggregate"]) == {"copy", "tuned", "reference"}
     faith = {"unsupported_rate", "unsupported_rate_micro", "unsupported_per_sample", "coverage"}
-    keys = {"rouge1", "rouge2", "rougeL", "rougeL_char", "length_ratio"} | faith
+    entity, length = {"prec_s", "entity_recall"}, {"length_chars", "length_deviation"}
+    keys = {"rouge1", "rouge2", "rougeL", "rougeL_char", "length_ratio"} | faith | entity | length
     assert set(got["aggregate"]["copy"]) == keys | {"n_no_facts"} == set(got["aggregate"]["tuned"])
-    assert set(got["aggregate"]["reference"]) == faith | {"n_no_facts"}
+    assert set(got["aggregate"]["reference"]) == faith | {"n_no_facts", "prec_s", "length_chars"}
     s = got["samples"][1]
     assert (s["doc_id"], s["ipc"], s["summary"], s["reference"]) == tuple(SAMPLES[1].values())
-    assert set(s["outputs"]["tuned"]) == keys - faith | {"prediction", "unsupported", "n_facts", "unsupported_rate",
-                                                         "coverage"}
+    assert set(s["outputs"]["tuned"]) == keys - faith - entity | {
+        "prediction", "unsupported", "n_facts", "unsupported_rate", "coverage", "target_chars", "n_entities",
+        "n_entities_in_summary", "n_reference_entities", "n_reference_entities_found"}
 
     # Yardstick: reference A has no facts (left out of the rate, counted in n_no_facts) and keeps the summary
     # (coverage 1); reference B adds 1990년 to the summary's 23.4%: 1 of 2 facts unsupported, coverage 1.
+    # Its entities: none in A; 1990 and 23.4 in B, the summary has 23.4: prec_s 1/2. Lengths 11 and 25 characters.
     assert got["aggregate"]["reference"] == {"unsupported_rate": 0.5, "unsupported_rate_micro": 0.5,
-                                             "unsupported_per_sample": 0.5, "coverage": 1.0, "n_no_facts": 1}
+                                             "unsupported_per_sample": 0.5, "coverage": 1.0, "n_no_facts": 1,
+                                             "prec_s": 0.5, "length_chars": 18.0}
     # "copy" reproduces the references: ROUGE 1, and the same faithfulness as the yardstick.
     copy = got["aggregate"]["copy"]
     assert {k: copy[k] for k in ("rouge1", "rouge2", "rougeL", "rougeL_char", "length_ratio")} == dict.fromkeys(
@@ -349,6 +353,10 @@ def test_score_shape_and_aggregates():
     assert tuned["unsupported_per_sample"] == pytest.approx(1.0)
     assert tuned["coverage"] == pytest.approx(2 / 3)
     assert tuned["length_ratio"] == pytest.approx((12 / 11 + 1) / 2)
+    # 12 and 25 characters against the references' 11 and 25; entities of B: 1990 and 45.2, neither the summary's
+    # (prec_s 0/2), and of the reference's 1990 and 23.4 it has one (recall 1/2); A has none.
+    assert (tuned["length_chars"], tuned["length_deviation"]) == (18.5, 0.5)
+    assert (tuned["prec_s"], tuned["entity_recall"]) == (0.0, 0.5)
     out = got["samples"][1]["outputs"]["tuned"]
     assert [u["text"] for u in out["unsupported"]] == ["1990년", "45.2%"] and out["n_facts"] == 2
     for u in out["unsupported"]:
@@ -449,7 +457,8 @@ def test_mixed_scales_multiply_once():
     # 1천2백만 was read as 1,000 + 2,000,000.
     assert _flagged("예산은 12,000,000원이었다.", "예산은 1천2백만 원이었다.") == []
     assert _flagged("예산은 2,001,000원이었다.", "예산은 1천2백만 원이었다.") == ["1천2백만 원"]
-    assert _flagged("예산 120,000,000원", "1억 2천만 원, 1.2억 원, 1억2천만 원") == []
+    # The source writes the value twice, so three uses are within the count rule (twice plus one restatement).
+    assert _flagged("예산 120,000,000원, 즉 1.2억 원", "1억 2천만 원, 1.2억 원, 1억2천만 원") == []
     assert _flagged("125,000명", "12.5만 명") == []
 
 
@@ -485,3 +494,65 @@ def test_leading_dot_decimals_and_ranges():
     assert _flagged("3%에서 5%로 늘었다.", "3~5%") == [] and _flagged("3~5%", "3%에서 5%로") == []
     assert _flagged("３～５％", "3%에서 5%로") == []
     assert _flagged("3~5%", "3%에서 6%로") == ["6%"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# entity precision and recall (prec_s, Nan et al. 2021), and the length in characters
+
+PREC_SUMMARY = "서울 청소년 1,200명 중 45%가 BTS를 좋아했다."
+PREC_PRED = "서울과 부산 청소년 1200명 중 45%가 BTS와 NCT를 좋아했다(2019년)."
+PREC_REF = "서울 청소년 1,200명과 부산 청소년 300명 중 45%가 BTS를 좋아했다."
+
+
+def test_entities_by_hand():
+    # Kiwi's proper nouns 서울, 부산; the values 1,200 = 1200, 45, 300, 2019; Latin BTS, NCT (case-folded).
+    assert entities(PREC_SUMMARY) == {"서울", "#1200", "#45", "bts"}
+    assert entities(PREC_PRED) == {"서울", "부산", "#1200", "#45", "bts", "nct", "#2019"}
+    assert entities(PREC_REF) == {"서울", "부산", "#1200", "#300", "#45", "bts"}
+
+
+def test_prec_s_and_recall_by_hand():
+    got = score([{"summary": PREC_SUMMARY, "reference": PREC_REF}], {"m": [PREC_PRED]}, n_resamples=100)
+    out = got["samples"][0]["outputs"]["m"]
+    # Of the abstract's 7 entities, 서울 1200 45 bts are the summary's: 4/7. Of the reference's 6, the abstract has
+    # all but 300: 5/6.
+    assert (out["n_entities"], out["n_entities_in_summary"]) == (7, 4)
+    assert (out["n_reference_entities"], out["n_reference_entities_found"]) == (6, 5)
+    agg = got["aggregate"]
+    assert agg["m"]["prec_s"] == pytest.approx(4 / 7) and agg["m"]["entity_recall"] == pytest.approx(5 / 6)
+    # The reference has its own prec_s (서울 1200 45 bts of its 6: 4/6); recall against itself means nothing.
+    assert agg["reference"]["prec_s"] == pytest.approx(4 / 6) and "entity_recall" not in agg["reference"]
+
+
+def test_length_in_characters_and_deviation_from_the_target():
+    # Characters including spaces (공백 포함): "가나다 라마" is 6, "가나다라" 4.
+    samples = [{"summary": "가나다", "reference": "가나다라"}]
+    got = score(samples, {"m": ["가나다 라마"]}, n_resamples=100)
+    out = got["samples"][0]["outputs"]["m"]
+    assert (out["length_chars"], out["target_chars"], out["length_deviation"]) == (6, 4, 2)  # no target: the reference
+    assert got["aggregate"]["m"]["length_chars"] == 6 and got["aggregate"]["m"]["length_deviation"] == 2
+    assert got["aggregate"]["reference"]["length_chars"] == 4 and "length_deviation" not in got["aggregate"]["reference"]
+    got = score(samples, {"m": ["가나다 라마"]}, n_resamples=100, targets={"m": 5})
+    assert got["samples"][0]["outputs"]["m"]["length_deviation"] == 1
+    assert got["aggregate"]["reference"]["length_deviation"] == 1  # the human abstract against the same target
+    assert got["targets"] == {"m": 5}
+
+
+def _entity_pairs(n: int) -> tuple[list[dict], list[str]]:
+    # Every other abstract adds a year the summary lacks: prec_s 1/1 and 1/2 alternate, pooled 2/3.
+    samples = [{"summary": f"값은 {i + 10}%였다.", "reference": f"값은 {i + 10}%였다."} for i in range(n)]
+    preds = [f"값은 {i + 10}%였다." + (" 1999년." if i % 2 else "") for i in range(n)]
+    return samples, preds
+
+
+def test_entity_interval_holds_the_point_and_narrows_with_more_pairs():
+    widths = []
+    for n in (8, 64):
+        samples, preds = _entity_pairs(n)
+        got = score(samples, {"m": preds}, n_resamples=1000)
+        point, (lo, hi) = got["aggregate"]["m"]["prec_s"], got["intervals"]["models"]["m"]["prec_s"]
+        assert point == pytest.approx(2 / 3) and lo <= point <= hi
+        lo_d, hi_d = got["intervals"]["models"]["m"]["length_deviation"]
+        assert lo_d <= got["aggregate"]["m"]["length_deviation"] <= hi_d
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 2

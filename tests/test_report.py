@@ -186,3 +186,38 @@ def test_texts_without_facts_get_no_rate(tmp_path):
     row = re.search(r"<tr><td>Samples without facts</td>(.*?)</tr>", page).group(1)
     assert re.findall(r"<td[^>]*>(\d+)", row) == ["1", "1"]
     assert page.count("<svg") == 1  # the distributions still draw, with an empty box for the rate
+
+
+def test_models_side_by_side_with_entity_precision_and_length(scores, page):
+    side = page[page.index('<section id="side-by-side">'):page.index('<section id="aggregate">')]
+    heads = re.findall(r"<th>([^<]*)</th>", side)
+    assert heads == ["Column", "ROUGE-L F1", "Unsupported (pooled)", "prec_s", "Entity recall", "Length (자)",
+                     "|Length − target| (자)"]
+    rows = re.findall(r"<tr[^>]*><td>([^<]*)</td>(.*?)</tr>", side)
+    assert [name for name, _ in rows] == ["base", "tuned&lt;v2&gt;", "reference (human abstract)"]
+    agg, cis = scores["aggregate"], scores["intervals"]["models"]
+    # Each cell: the value, then its interval; the reference row has its own prec_s and length, no recall.
+    cells = dict(rows)
+    for name, key in (("tuned<v2>", "prec_s"), ("tuned<v2>", "entity_recall"), ("reference", "prec_s"),
+                      ("base", "length_chars"), ("tuned<v2>", "length_deviation")):
+        lo, hi = cis[name][key]
+        digits = 1 if key.startswith("length") else 3
+        text = f'{agg[name][key]:.{digits}f}<span class="ci">[{lo:.{digits}f}, {hi:.{digits}f}]</span>'
+        row = cells["reference (human abstract)" if name == "reference" else html.escape(name)]
+        assert text in row, (name, key)
+    # Against itself the reference has no ROUGE-L and no recall, and without a target no deviation.
+    assert cells["reference (human abstract)"].count("<td>—</td>") == 3
+    # The aggregate table and the differences carry them too.
+    assert "Entity precision prec_s" in page and "Length (characters including spaces, 자)" in page
+    diffs = page[page.index('<section id="differences">'):page.index('<section id="distributions">')]
+    assert "<th>prec_s</th>" in diffs and "<th>|length − target|</th>" in diffs
+
+
+def test_highlight_names_why_a_figure_is_flagged():
+    facts = [{"text": "1.6배", "kind": "number", "start": 3, "end": 7, "reason": "repeated"},
+             {"text": "30명", "kind": "number", "start": 12, "end": 15, "reason": "noun"}]
+    out = highlight("이는 1.6배, 교사 30명이다", facts)
+    assert ('<mark class="fact-number why-repeated" title="number: written more often than the summary writes it, '
+            'plus one restatement">1.6배</mark>') in out
+    assert '<mark class="fact-number why-noun" title="number: quantifies another noun than in the summary">' in out
+    assert 'title="year not found in the summary"' in highlight("1999년", [Fact("1999년", "year", 0, 5)])

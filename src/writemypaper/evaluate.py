@@ -1,8 +1,9 @@
-"""Score models on held-out pairs: ROUGE over Korean morphemes, a fact check, length, and loss/perplexity on the
-references, for each model under each decoding (plain, grounded, best of N); write scores.json and report.html.
+"""Score models on held-out pairs: ROUGE over Korean morphemes, a fact check, entity precision and recall, the
+length in characters against its target, and loss/perplexity on the references, for each model under each decoding
+(plain, grounded, best of N); write scores.json and report.html.
 
     writemypaper evaluate --data prepared --models base=gemma3-270m tuned=runs/demo --out eval
-    writemypaper evaluate --predictions outputs.jsonl --out eval          # score outputs of any system
+    writemypaper evaluate --predictions outputs.jsonl --target-chars 500 --out eval   # score outputs of any system
 """
 
 from __future__ import annotations
@@ -235,15 +236,24 @@ def _generate_all(cfg, models: dict[str, str], samples: list[dict], plans: list,
 
 
 def evaluate(cfg, out: str, models: dict[str, str] | None = None, data: str | None = None,
-             predictions: list[str] | None = None, progress: bool = True, overwrite: bool = False) -> dict:
+             predictions: list[str] | None = None, progress: bool = True, overwrite: bool = False,
+             target_chars: int | None = None) -> dict:
     """The `evaluate` verb: generate with each model under each decoding (or read predictions), score with
     intervals, and write OUT (scores.json, predictions.jsonl, config.yaml, report.html) in one rename, under the
     output policy (outputs.check_out): an earlier evaluation is replaced only with `overwrite`, any other folder
-    never."""
+    never. `target_chars` is the length asked for: generation steers towards it (generation.target_chars, which a
+    decoding may also set) and each column's length is measured against it; without one, against the reference's."""
     from writemypaper import metrics
 
     if bool(models) == bool(predictions):
         raise UserError("give either --models NAME=MODEL ... (with --data) or --predictions FILE.jsonl ...")
+    if target_chars is not None:
+        if isinstance(target_chars, bool) or not isinstance(target_chars, int) or target_chars < 1:
+            raise UserError(f"--target-chars {target_chars}: give a whole number of characters, e.g. 500")
+        if models:
+            from omegaconf import OmegaConf
+
+            OmegaConf.update(cfg, "generation.target_chars", target_chars, force_add=True)
     n_resamples, report_samples = cfg.get("bootstrap", 1000), cfg.get("report_samples", 50)
     if not isinstance(n_resamples, int) or not 100 <= n_resamples <= 100_000:
         raise UserError(f"bootstrap={n_resamples}: give a whole number of resamples in [100, 100000]")
@@ -259,7 +269,9 @@ def evaluate(cfg, out: str, models: dict[str, str] | None = None, data: str | No
         plans = plan_decodings(cfg)
         samples = _test_samples(cfg, data)
         preds, columns, losses = _generate_all(cfg, models, samples, plans, progress)
-    scores = metrics.score(samples, preds, n_resamples=n_resamples, seed=cfg.seed)
+    # Each column's target: what its decoding asked for (a decoding may set its own), or what --target-chars says.
+    targets = {c: (info.get("settings") or {}).get("target_chars", target_chars) for c, info in columns.items()}
+    scores = metrics.score(samples, preds, n_resamples=n_resamples, seed=cfg.seed, targets=targets)
     if losses:
         for column, info in columns.items():
             for row, (total, n) in zip(scores["samples"], losses.get(info["model"], [])):
@@ -267,7 +279,8 @@ def evaluate(cfg, out: str, models: dict[str, str] | None = None, data: str | No
         metrics.summarise(scores, n_resamples=n_resamples, seed=cfg.seed)
     scores["columns"] = columns
     scores["settings"] = {"models": models or None, "predictions": predictions or None,
-                          "split": None if predictions else cfg.split, "bootstrap": n_resamples, "seed": cfg.seed}
+                          "split": None if predictions else cfg.split, "bootstrap": n_resamples, "seed": cfg.seed,
+                          "target_chars": target_chars}
     _write(cfg, out, overwrite, scores, samples, preds, models, data, report_samples)
     return scores
 
@@ -307,18 +320,22 @@ def _write(cfg, out: str, overwrite: bool, scores: dict, samples, preds, models,
 def summary_table(scores: dict) -> str:
     """A short plain-text table of the aggregate scores for the terminal."""
     cols = ["rouge1", "rouge2", "rougeL", "rougeL_char", "unsupported_rate", "unsupported_rate_micro", "coverage",
-            "length_ratio", "loss"]
-    heads = ["rouge1", "rouge2", "rougeL", "rougeL_char", "unsupp_rate", "unsupp_micro", "coverage", "length",
-             "loss"]
+            "prec_s", "entity_recall", "length_ratio", "length_chars", "length_deviation", "loss"]
+    heads = ["rouge1", "rouge2", "rougeL", "rougeL_char", "unsupp_rate", "unsupp_micro", "coverage", "prec_s",
+             "ent_recall", "length", "chars", "|chars-tgt|", "loss"]
     names = scores["models"]
     width = max(12, *(len(n) for n in names))
-    lines = [f"{'model':<{width}} " + " ".join(f"{c:>13}" for c in heads)]
+    lines = [f"{'model':<{width}} " + " ".join(f"{c:>11}" for c in heads)]
     for n in names + ["reference"]:
         agg = scores["aggregate"].get(n, {})
         cells = []
         for c in cols:
             v = agg.get(c)
-            cells.append(f"{v:>13.3f}" if isinstance(v, (int, float)) else f"{'':>13}")
+            digits = 1 if c in ("length_chars", "length_deviation") else 3
+            cells.append(f"{v:>11.{digits}f}" if isinstance(v, (int, float)) else f"{'':>11}")
         lines.append(f"{n:<{width}} " + " ".join(cells))
-    return ("\n".join(lines) + f"\nROUGE over {scores['tokenization'].split(':')[0]} morphemes; 95% intervals and "
-            "paired differences in scores.json and the report")
+    target = (scores.get("settings") or {}).get("target_chars")
+    return ("\n".join(lines) + f"\nROUGE over {scores['tokenization'].split(':')[0]} morphemes; lengths in "
+            f"{scores.get('length_unit', 'characters')}, against "
+            + (f"the target of {target}" if target else "each reference's length")
+            + "; 95% intervals and paired differences in scores.json and the report")

@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
 
-from writemypaper.morphemes import morphemes
-from writemypaper.numbers import AMOUNT, LIST_SEP, amount_value, fold
+from writemypaper.morphemes import morphemes, spans
+from writemypaper.numbers import AMOUNT, DIGITS, LIST_SEP, amount_value, fold
 from writemypaper.text import nfc
 
 # A numeric fact is a claim of value(s) and a unit: "3만 명" claims 30000 people, "10∼20%" claims 10% and 20%,
 # "세 나라" claims 3 countries, "19세기" the 19th century. Terms (quoted, Latin-script, Hanja) must occur in the
 # summary. Invented Hangul words are not caught: telling a new Korean term from a paraphrase needs more than a regex.
+# A figure the summary has can still stand in the wrong place: written more often than the summary writes it, or
+# next to another noun (see unsupported_facts).
+
+# Why a fact is unsupported (Fact.reason), in the words the report shows.
+REASONS = {
+    "absent": "not in the summary",
+    "repeated": "written more often than the summary writes it, plus one restatement",
+    "noun": "quantifies another noun than in the summary",
+}
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,8 @@ class Fact:
     kind: str  # number | year | century | quoted | latin | hanja
     start: int
     end: int
+    # On an unsupported fact, why (a key of REASONS); "" on an extracted one. Not compared: a fact is its span.
+    reason: str = field(default="", compare=False)
 
 
 # Amounts (sign, digits, 만/억 with 천/백 mixed, leading-dot decimals) are read by writemypaper.numbers, the grammar
@@ -246,20 +258,22 @@ def _fold(text: str) -> str:
 
 
 def unsupported_facts(source: str, text: str) -> list[Fact]:
-    """The facts of `text` that `source` does not contain.
+    """The facts of `text` that `source` does not support, each with its reason (Fact.reason, see REASONS).
 
-    A number is supported when the source writes the same value with the same unit (1,234명 = 1234명, 3만 명 =
+    absent: a number is supported when the source writes the same value with the same unit (1,234명 = 1234명, 3만 명 =
     30000명, .05 = 0.05, 3개국 = 세 나라); each end of a range must be supported. A unit on one side only doesn't
     count against it: a bare number in the text claims no unit, and a bare number in the source (n=1,234, a table
     value) supports its value with any unit. Terms compare as case-insensitive NFC substrings, Latin terms on word
     boundaries.
+    repeated and noun: a figure the source has, but in the wrong place (see `_repeated` and `_misplaced`).
     """
     src = _fold(source)
     with_unit = set(quantities(source))
     values = {v for v, _ in with_unit}
     bare = {v for v, u in with_unit if u is None}
-    out = []
-    for f, claims in _facts(nfc(text)):
+    facts = _facts(nfc(text))
+    out = {}
+    for f, claims in facts:
         if claims is not None:
             supported = all(v in values if u is None else (v, u) in with_unit or v in bare for v, u in claims)
         elif f.kind == "quoted":
@@ -269,7 +283,111 @@ def unsupported_facts(source: str, text: str) -> list[Fact]:
         else:
             supported = f.text in src
         if not supported:
+            out[f.start] = replace(f, reason="absent")
+    for f in _repeated(source, facts):
+        out.setdefault(f.start, replace(f, reason="repeated"))
+    for f in _misplaced(source, text, [(f, c) for f, c in facts if f.start not in out]):
+        out[f.start] = replace(f, reason="noun")
+    return [out[k] for k in sorted(out)]
+
+
+def _in_digits(f: Fact) -> bool:
+    return bool(DIGITS & set(fold(f.text)))
+
+
+def _repeated(source: str, facts) -> list[Fact]:
+    """Figures written in digits beyond the number of times the source writes their value (in any form and unit,
+    Korean numeral words included) plus one restatement, the later uses flagged. Counted by value, as grounded
+    decoding counts them (writemypaper.grounding), so that whatever it lets through passes here. Figures in Korean
+    numeral words (세 나라) are not counted, nor are values the source lacks (those are absent)."""
+    allowed = Counter(v for v, _ in quantities(source))
+    used: Counter = Counter()
+    out = []
+    for f, claims in facts:
+        if claims is None or not _in_digits(f):
+            continue
+        counted = [v for v, _ in claims if allowed[v]]
+        used.update(counted)
+        if any(used[v] > allowed[v] + 1 for v in counted):
             out.append(f)
+    return out
+
+
+_NOUN_TAGS = frozenset({"NNG", "NNP"})
+# Between a noun and the figure it quantifies: a subject or topic particle (학생이 30명, 댓글은 1.6배) or 의
+# (응답자의 45%).
+_LINK_TAGS = frozenset({"JKS", "JX", "JKG"})
+
+
+def _head_noun(tokens) -> str | None:
+    """The head of the noun compound that `tokens` (in reading order) end with: its last noun, with a noun suffix
+    joined (대학+생 = 대학생); None when they don't end with a noun."""
+    if not tokens:
+        return None
+    form, tag = tokens[-1][:2]
+    if tag == "XSN" and len(tokens) > 1 and tokens[-2][1] in _NOUN_TAGS:
+        return tokens[-2][0] + form
+    return form if tag in _NOUN_TAGS else None
+
+
+def _nouns_of(tokens, start: int, end: int) -> frozenset[str]:
+    """The nouns a figure at [start, end) stands next to, where the morphemes show them: the compound right before
+    it, bare or with a subject/topic particle or 의 (학생 30명, 학생이 30명, 응답자의 45%), and the compound after it
+    joined by 의 (30명의 학생, 30명의 정치 태도), each by its head noun. Empty otherwise (이는 1.6배: a pronoun)."""
+    before = [t for t in tokens if t[3] <= start]
+    if before and before[-1][1] in _LINK_TAGS:
+        before = before[:-1]
+    after = [t for t in tokens if t[2] >= end]
+    out = {_head_noun(before[-2:])}
+    if after and after[0][2] == end and after[0][1] == "JKG":
+        k = 1
+        while k < len(after) and after[k][1] in _NOUN_TAGS | {"XSN"}:
+            k += 1
+        out.add(_head_noun(after[1:k]))
+    return frozenset(out - {None})
+
+
+def _nouns(text: str, facts) -> list[tuple[Fact, set, frozenset[str]]]:
+    tokens = spans(text)
+    return [(f, {v for v, _ in claims}, _nouns_of(tokens, f.start, f.end)) for f, claims in facts]
+
+
+def _misplaced(source: str, text: str, facts) -> list[Fact]:
+    """Numbers (not years or centuries) that quantify another noun than the source's figures of the same value do:
+    교사 30명 where the source has 학생 30명. Conservative: flagged only when the text's figure and every figure of
+    that value in the source stand next to a noun (see `_nouns_of`) and they share none. Caught: the noun right
+    before the figure, or after it joined by 의, swapped for another. Not caught: a subject further off (학생들은 ...
+    30명), a noun Kiwi reads as a pronoun or bound noun (이는 30명, 학생 중 30명), a source that names no noun for
+    the value. A synonym (참가자 for 참여자) is flagged as another noun; a compound compares by its head (여학생 and
+    학생 differ, 정치 태도 and 태도 do not)."""
+    numbers = [(f, c) for f, c in facts if f.kind == "number" and c is not None]
+    if not numbers:
+        return []
+    text, source = nfc(text), nfc(source)
+    src = _nouns(source, [(f, c) for f, c in _facts(source) if c is not None])
+    out = []
+    for f, values, nouns in _nouns(text, numbers):
+        same = [n for _, vs, n in src if vs & values]
+        if nouns and same and all(n and not n & nouns for n in same):
+            out.append(f)
+    return out
+
+
+# Kiwi's proper nouns, Latin-script and Hanja morphemes: with the check's numbers and terms, a text's entities.
+_ENTITY_TAGS = ("NNP", "SL", "SH")
+
+
+def entities(text: str) -> set[str]:
+    """The named entities, numbers and terms of `text` as the fact check reads them, for entity precision (prec_s,
+    Nan et al. 2021) and recall: each value it writes ("#" and the value: quantities, units aside, Korean numeral
+    words included), its quoted, Latin-script and Hanja terms, and Kiwi's proper nouns (NNP), Latin (SL) and Hanja
+    (SH) morphemes. Latin and quoted terms compare case-folded; distinct entities, not occurrences."""
+    text = nfc(text)
+    out = {"#" + format(v.normalize(), "f") for v, _ in quantities(text)}
+    for f in extract_facts(text):
+        if f.kind in ("quoted", "latin", "hanja"):
+            out.add(_fold(f.text[1:-1] if f.kind == "quoted" else f.text))
+    out |= {form.casefold() for form, tag in morphemes(text) if tag.split("-")[0] in _ENTITY_TAGS}
     return out
 
 

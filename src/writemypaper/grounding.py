@@ -12,10 +12,13 @@ end (at any other character, or at a stop token) only where one of those forms e
 may follow as punctuation. So every number decoding lets through is one the fact check finds in the summary
 (units aside). Gemma's tokenizer writes digits one token each, but the vocabulary also has byte tokens that decode
 to digits and multi-character tokens that hold run characters, so every such token is checked, whatever its length.
+A value may be written as often as the summary writes it (in any form, as the fact check counts it) plus one
+restatement: `Usage` counts what a row has written, and `constraint(..., used=...)` drops the forms used up.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Iterable, Mapping, Sequence
 
 from writemypaper.numbers import DIGITS, OPENERS, SCALE_CHARS, SIGNS, fold, read_run, spellings
@@ -143,6 +146,23 @@ def summary_values(summary: str) -> set:
     return {v for v, _ in quantities(summary)}
 
 
+def summary_counts(summary: str) -> Counter:
+    """How many times `summary` writes each value, in any form and unit, as the fact check counts it (its quantities,
+    Korean numeral words included)."""
+    from writemypaper.factcheck import quantities
+
+    return Counter(v for v, _ in quantities(summary))
+
+
+def run_values(runs: Iterable[str]) -> Counter:
+    """The values the runs with digits hold, each as often as it is written ('1,2,9' holds three)."""
+    out: Counter = Counter()
+    for r in runs:
+        if DIGITS & set(r):
+            out.update(read_run(r.rstrip(_PUNCT + " ")) or [])
+    return out
+
+
 def summary_numbers(summary: str) -> set[str]:
     """Every form the model may write a number of `summary` in: its runs as written and the spellings of every value
     the fact check reads in it (full-width digits as ASCII ones), each reading back to values the summary has."""
@@ -154,15 +174,23 @@ def summary_numbers(summary: str) -> set[str]:
 
 
 class Grounding:
-    """The constraint for one summary. `constraint(run, budget)` says which next tokens are allowed in state `run`
-    (see `scan`: the number open at the end of the text so far, or "" / None outside one) when `budget` tokens are
-    left to write (None: plenty): ("ban", ids) or ("allow", ids). Near the end of the budget a number may start or
-    go on only if it can still be finished, one character a token, so that a length cut never leaves "20" of
-    "2015" behind."""
+    """The constraint for one summary. `constraint(run, budget, used)` says which next tokens are allowed in state
+    `run` (see `scan`: the number open at the end of the text so far, or "" / None outside one) when `budget` tokens
+    are left to write (None: plenty) and the text so far holds the values `used` (a Counter, see `Usage`; None:
+    nothing counted): ("ban", ids) or ("allow", ids). Near the end of the budget a number may start or go on only if
+    it can still be finished, one character a token, so that a length cut never leaves "20" of "2015" behind."""
 
     def __init__(self, table: NumberTable, summary: str):
-        self.table = table
-        self.forms = frozenset(summary_numbers(summary))
+        # Each value may be used as often as the summary writes it, plus one restatement.
+        limits = Counter({v: n + 1 for v, n in summary_counts(summary).items()})
+        self._setup(table, frozenset(summary_numbers(summary)), limits, Counter())
+        self._variants: dict[frozenset, Grounding] = {}
+        self._root = self
+
+    def _setup(self, table: NumberTable, every_form: frozenset, limits: Counter, used: Counter) -> None:
+        self.table, self.every_form, self.limits, self.used = table, every_form, limits, used
+        self.forms = frozenset(f for f in every_form
+                               if all(used[v] + n <= limits[v] for v, n in run_values([f]).items()))
         self.need: dict[str, int] = {}  # open run -> fewest characters that finish it
         for f in self.forms:
             for k in range(1, len(f) + 1):
@@ -170,6 +198,21 @@ class Grounding:
         self.prefixes = frozenset(self.need)
         self.longest = max(map(len, self.forms), default=0)
         self._cache: dict[tuple[str | None, int | None], tuple[str, tuple[int, ...]]] = {}
+
+    def spent(self, used: Counter) -> "Grounding":
+        """The constraint once the text holds the values `used`: the forms whose values are used up are gone. One
+        object per distinct count, kept, so each keeps its own cache."""
+        key = frozenset((v, n) for v, n in used.items() if n > 0 and v in self.limits)
+        root = self._root
+        if not key:
+            return root
+        g = root._variants.get(key)
+        if g is None:
+            g = object.__new__(Grounding)
+            g._setup(root.table, root.every_form, root.limits, Counter(dict(key)))
+            g._root = root
+            root._variants[key] = g
+        return g
 
     def ended_ok(self, run: str) -> bool:
         """May the number end here? Trailing '.', ',' and a space are not part of it; a sign alone is no number."""
@@ -184,10 +227,19 @@ class Grounding:
 
     def _text_ok(self, runs: tuple[list[str], str | None], left: int | None = None) -> bool:
         closed, still_open = runs
-        return all(self.ended_ok(r) for r in closed) and (
-            not still_open or (self.open_ok(still_open) and self._left_ok(still_open, left)))
+        if not all(self.ended_ok(r) for r in closed):
+            return False
+        g, values = self, run_values(closed)
+        if values:  # one token may close two numbers: together they must still fit the counts
+            if any(self.used[v] + n > self.limits[v] for v, n in values.items()):
+                return False
+            g = self.spent(self.used + values)
+        return not still_open or (g.open_ok(still_open) and g._left_ok(still_open, left))
 
-    def constraint(self, run: str | None, budget: int | None = None) -> tuple[str, tuple[int, ...]]:
+    def constraint(self, run: str | None, budget: int | None = None,
+                   used: Counter | None = None) -> tuple[str, tuple[int, ...]]:
+        if used:  # the values the whole text holds so far, whichever constraint is asked
+            return self.spent(used).constraint(run, budget)
         if budget is not None and budget > self.longest + 1:
             budget = None  # far from the end: the budget changes nothing, and the cache stays small
         key = (run, budget)
@@ -218,7 +270,37 @@ class Grounding:
     def allows(self, text: str) -> bool:
         """Could the constraint have let `text` be written, in full (its last number ended)? For tests and checks."""
         closed, still_open = scan(fold(text), "")
-        return self._text_ok((closed + ([still_open] if still_open else []), None))
+        g = self
+        for run in closed + ([still_open] if still_open else []):
+            if not g._text_ok(([run], None)):
+                return False
+            g = g.spent(g.used + run_values([run]))
+        return True
+
+
+class Usage:
+    """What one row has written so far, read on token by token as it grows: the state at its end (see `scan`) and
+    the values of the numbers it closed. Each adapter keeps one per row and hands both to `Grounding.constraint`."""
+
+    def __init__(self, table: NumberTable):
+        self.table = table
+        self.seen, self.run, self.used = 0, "", Counter()  # the text begins after the prompt's newline
+
+    def read(self, ids: Sequence[int], start: int = 0) -> tuple[str | None, Counter]:
+        """The state and the values used once the row holds the generated `ids`, given from position `start` on (the
+        adapters pass only the tail since the last step; a row from position 0 that is shorter starts over)."""
+        if start == 0 and len(ids) < self.seen:
+            self.seen, self.run, self.used = 0, "", Counter()
+        if start > self.seen:
+            raise ValueError(f"tokens from position {start} given, but only {self.seen} were read")
+        for i in ids[self.seen - start:]:
+            i = int(i)
+            if i in self.table.empty:
+                continue
+            closed, self.run = scan(self.table.texts.get(i, "a"), self.run)  # "a": a token of plain text
+            self.used.update(run_values(closed))
+        self.seen = max(self.seen, start + len(ids))
+        return self.run, self.used
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -226,16 +308,17 @@ class Grounding:
 
 
 class GroundedNumbers:
-    """A transformers logits processor: each row of the batch is held to its own summary's numbers. Rows come in
-    groups of `per_summary` (num_return_sequences repeats each prompt), and the generated part of a row starts at
-    `prompt_length` (prompts are left-padded to one length). With `max_new_tokens`, no number is left unfinished
-    by the length limit."""
+    """A transformers logits processor: each row of the batch is held to its own summary's numbers, each as often as
+    the summary writes it plus once. Rows come in groups of `per_summary` (num_return_sequences repeats each prompt),
+    and the generated part of a row starts at `prompt_length` (prompts are left-padded to one length). With
+    `max_new_tokens`, no number is left unfinished by the length limit."""
 
     def __init__(self, table: NumberTable, summaries: Sequence[str], prompt_length: int, per_summary: int = 1,
                  max_new_tokens: int | None = None):
         self.table, self.prompt_length, self.per_summary = table, prompt_length, per_summary
         self.max_new_tokens = max_new_tokens
         self.rows = [Grounding(table, s) for s in summaries]
+        self.usage = [Usage(table) for _ in range(len(summaries) * per_summary)]
         self._tensors: dict[tuple, object] = {}
 
     def __call__(self, input_ids, scores):
@@ -243,20 +326,21 @@ class GroundedNumbers:
 
         if input_ids.shape[0] != len(self.rows) * self.per_summary:
             raise ValueError(f"{input_ids.shape[0]} rows for {len(self.rows)} summaries x {self.per_summary}")
-        # A number is a few dozen tokens at most, so the recent tail of each row is enough to find the open one.
-        generated = input_ids[:, max(self.prompt_length, input_ids.shape[1] - 64):].tolist()
+        # Each row's Usage reads only the tokens added since the last step.
+        seen = min(u.seen for u in self.usage)
+        generated = input_ids[:, self.prompt_length + seen:].tolist()
         vocab = scores.shape[-1]
         written = input_ids.shape[1] - self.prompt_length
         budget = None if self.max_new_tokens is None else self.max_new_tokens - written
         for r, ids in enumerate(generated):
             g_index = r // self.per_summary
-            run = self.table.trailing_run(ids)
-            row = self.rows[g_index]
+            run, used = self.usage[r].read(ids, seen)
+            row = self.rows[g_index].spent(used)
             budget_key = budget if budget is not None and budget <= row.longest + 1 else None
             mode, ids_ = row.constraint(run, budget_key)
             if not ids_:
                 continue
-            key = (g_index, run, budget_key)
+            key = (g_index, run, budget_key, frozenset(row.used.items()))
             index = self._tensors.get(key)
             if index is None:
                 index = torch.tensor([i for i in ids_ if i < vocab], dtype=torch.long, device=scores.device)

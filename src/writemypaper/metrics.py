@@ -1,5 +1,6 @@
-"""Scores for generated abstracts: ROUGE over Korean morphemes (morphemes.py) and the fact check against the
-summary (factcheck.py), aggregated over a test set with paired bootstrap intervals.
+"""Scores for generated abstracts: ROUGE over Korean morphemes (morphemes.py), the fact check against the summary
+(factcheck.py), entity precision and recall (prec_s), and the length in characters against its target, aggregated
+over a test set with paired bootstrap intervals.
 
 Used by `writemypaper evaluate`, which writes `score(...)` as scores.json; `report.py` renders it.
 """
@@ -10,9 +11,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 from writemypaper.errors import UserError
-from writemypaper.factcheck import faithfulness
+from writemypaper.factcheck import entities, faithfulness
 from writemypaper.morphemes import TOKENIZATION, tokenize
-from writemypaper.text import nfc
+from writemypaper.text import char_count, nfc
 
 # Still importable from here, where generate, serve, the benchmarks and the tests have always found them.
 
@@ -91,10 +92,15 @@ def rouge_scores(prediction: str, reference: str) -> dict[str, float]:
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeL_char")
 FAITH_KEYS = ("unsupported_rate", "unsupported_rate_micro", "unsupported_per_sample", "coverage")
+ENTITY_KEYS = ("prec_s", "entity_recall")
+LENGTH_KEYS = ("length_chars", "length_deviation")
 # Every aggregate is a ratio of sums over samples, sum(numerator) / sum(denominator), so one bootstrap serves all:
 # a plain mean has denominator 1 per sample; the per-sample unsupported rate counts only samples with facts (a text
-# without facts is not perfect, it has nothing to check); the micro rate pools all facts; the loss pools all tokens.
-METRICS = ROUGE_KEYS + FAITH_KEYS + ("length_ratio", "loss")
+# without facts is not perfect, it has nothing to check); the micro rate pools all facts; prec_s and recall pool
+# all entities, as Nan et al. (2021) count them over a corpus; the loss pools all tokens.
+METRICS = ROUGE_KEYS + FAITH_KEYS + ENTITY_KEYS + ("length_ratio",) + LENGTH_KEYS + ("loss",)
+# How lengths are counted: text.char_count, the count Korean journals state ("500자 내외").
+LENGTH_UNIT = "characters including spaces (공백 포함), NFC, whitespace runs as one space"
 CONFIDENCE = 0.95
 
 
@@ -107,9 +113,13 @@ def _ratio_terms(out: dict) -> dict[str, tuple[float, float]]:
         "unsupported_per_sample": (float(n_unsupported), 1.0),
         "coverage": (out["coverage"], 1.0),
     }
-    for key in ROUGE_KEYS + ("length_ratio",):
+    for key in ROUGE_KEYS + ("length_ratio",) + LENGTH_KEYS:
         if key in out:
-            terms[key] = (out[key], 1.0)
+            terms[key] = (float(out[key]), 1.0)
+    if "n_entities" in out:
+        terms["prec_s"] = (float(out["n_entities_in_summary"]), float(out["n_entities"]))
+    if "n_reference_entities" in out:
+        terms["entity_recall"] = (float(out["n_reference_entities_found"]), float(out["n_reference_entities"]))
     if out.get("loss_tokens"):  # written by `evaluate`: the loss of the model on this sample's reference
         terms["loss"] = (out["loss"] * out["loss_tokens"], float(out["loss_tokens"]))
     return terms
@@ -218,27 +228,53 @@ def _check(samples: list[dict], predictions: dict[str, list[str]]) -> None:
             raise UserError(f"model '{name}': prediction {bad[0]} is {type(preds[bad[0]]).__name__}, not text")
 
 
-def score(samples: list[dict], predictions: dict[str, list[str]], n_resamples: int = 1000, seed: int = 0) -> dict:
+def _entity_counts(pred: str, summary: set[str], reference: set[str] | None) -> dict[str, int]:
+    """prec_s's and recall's counts for one text (factcheck.entities): its entities and how many the summary has;
+    the reference's and how many the text has (None for the reference itself)."""
+    own = entities(pred)
+    out = {"n_entities": len(own), "n_entities_in_summary": len(own & summary)}
+    if reference is not None:
+        out |= {"n_reference_entities": len(reference), "n_reference_entities_found": len(reference & own)}
+    return out
+
+
+def _length(text: str, target: int | None) -> dict[str, int]:
+    n = char_count(text)
+    return {"length_chars": n} if target is None else {
+        "length_chars": n, "target_chars": target, "length_deviation": abs(n - target)}
+
+
+def score(samples: list[dict], predictions: dict[str, list[str]], n_resamples: int = 1000, seed: int = 0,
+          targets: dict[str, int | None] | None = None) -> dict:
     """Score every model's predictions against the references, and fact-check them against the summaries.
 
     The reference itself is fact-checked the same way (reference vs summary) as the yardstick: a human abstract
-    also adds facts that the summary lacks. Texts are stored NFC-normalised so that fact offsets index them.
-    Model names are free (evaluate uses "tuned · grounded"), except "reference". `aggregate` and the bootstrap
-    `intervals` come from `summarise`.
+    also adds facts that the summary lacks, and has its own prec_s and length. Texts are stored NFC-normalised so
+    that fact offsets index them. Model names are free (evaluate uses "tuned · grounded"), except "reference".
+    Lengths are in LENGTH_UNIT; each model's is measured against `targets[model]` (the length asked for), or the
+    reference's length where none was asked; the reference against the target all models share, if they do.
+    `aggregate` and the bootstrap `intervals` come from `summarise`.
     """
     _check(samples, predictions)
     models = list(predictions)
+    targets = {m: (targets or {}).get(m) for m in models}
+    shared = set(targets.values())
+    shared_target = shared.pop() if len(shared) == 1 else None
     rows = []
     for i, s in enumerate(samples):
         summary, reference = nfc(s["summary"]), nfc(s["reference"])
+        summary_entities, reference_entities = entities(summary), entities(reference)
         outputs = {}
         for name in models:
             pred = nfc(predictions[name][i])
+            target = targets[name] if targets[name] is not None else char_count(reference)
             outputs[name] = {
                 "prediction": pred,
                 **rouge_scores(pred, reference),
                 "length_ratio": len(pred) / len(reference),
+                **_length(pred, target),
                 **faithfulness(summary, pred),
+                **_entity_counts(pred, summary_entities, reference_entities),
             }
         rows.append({
             **({"id": s["id"]} if s.get("id") is not None else {}),  # an input's own id, next to its doc_id
@@ -246,9 +282,11 @@ def score(samples: list[dict], predictions: dict[str, list[str]], n_resamples: i
             "ipc": s.get("ipc"),
             "summary": summary,
             "reference": reference,
-            "reference_faithfulness": faithfulness(summary, reference),
+            "reference_faithfulness": {**faithfulness(summary, reference), **_length(reference, shared_target),
+                                       **_entity_counts(reference, summary_entities, None)},
             "outputs": outputs,
         })
 
-    scores = {"tokenization": TOKENIZATION, "models": models, "n_samples": len(rows), "samples": rows}
+    scores = {"tokenization": TOKENIZATION, "length_unit": LENGTH_UNIT, "targets": targets, "models": models,
+              "n_samples": len(rows), "samples": rows}
     return summarise(scores, n_resamples=n_resamples, seed=seed)

@@ -1,6 +1,7 @@
-"""One self-contained HTML page from scores.json: how each column was decoded, the aggregates over all samples with
-95% intervals, paired differences, score distributions, the loss curve, and a capped set of samples side by side
-with the facts that no summary supports highlighted.
+"""One self-contained HTML page from scores.json: how each column was decoded, the columns side by side on the
+headline figures (ROUGE-L, unsupported facts, prec_s, entity recall, length in 자), the aggregates over all samples
+with 95% intervals, paired differences, score distributions, the loss curve, and a capped set of samples side by
+side with the facts that no summary supports highlighted.
 
     writemypaper evaluate ... writes scores.json and report.html through `write_report`.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Iterable
 
 from writemypaper.atomic import atomic_write_text
+from writemypaper.factcheck import REASONS
 from writemypaper.text import nfc
 
 # (key, label, which value is best). "one": closest to 1. Keys missing from a model's aggregate are left out.
@@ -29,7 +31,11 @@ _METRICS = [
     ("unsupported_rate", "Unsupported facts / facts (mean over samples with facts)", "low"),
     ("unsupported_per_sample", "Unsupported facts per sample", "low"),
     ("n_no_facts", "Samples without facts", None),
+    ("prec_s", "Entity precision prec_s (entities, numbers, terms found in the summary)", "high"),
+    ("entity_recall", "Entity recall (the reference's entities, numbers, terms found)", "high"),
     ("length_ratio", "Length / reference length (chars)", "one"),
+    ("length_chars", "Length (characters including spaces, 자)", None),
+    ("length_deviation", "|Length − target| (자, mean absolute deviation)", "low"),
     ("loss", "Loss", "low"),
     ("perplexity", "Perplexity", "low"),
 ]
@@ -38,7 +44,12 @@ _PLOTTED = [("rougeL", "ROUGE-L F1 (morphemes)"), ("rougeL_char", "ROUGE-L F1 (c
 # Columns of the differences table: the metrics a decoding setting is meant to move, and what it must not cost.
 _COMPARED = [("rougeL", "ROUGE-L"), ("rougeL_char", "ROUGE-L chars"),
              ("unsupported_rate_micro", "unsupported (pooled)"),
-             ("unsupported_per_sample", "unsupported / sample"), ("coverage", "coverage"), ("loss", "loss")]
+             ("unsupported_per_sample", "unsupported / sample"), ("coverage", "coverage"), ("prec_s", "prec_s"),
+             ("entity_recall", "entity recall"), ("length_deviation", "|length − target|"), ("loss", "loss")]
+# The headline: every column side by side, the reference last (key, heading, digits).
+_HEADLINE = [("rougeL", "ROUGE-L F1", 3), ("unsupported_rate_micro", "Unsupported (pooled)", 3),
+             ("prec_s", "prec_s", 3), ("entity_recall", "Entity recall", 3), ("length_chars", "Length (자)", 1),
+             ("length_deviation", "|Length − target| (자)", 1)]
 _YARDSTICK = "reference"
 _KIND_NAMES = {"quoted": "quoted term", "latin": "Latin-script term", "hanja": "Hanja term"}
 REPORT_SAMPLES = 50  # samples shown by default; scores.json keeps them all
@@ -63,6 +74,7 @@ thead th { background: #f6f6f6; }
 .text { white-space: pre-wrap; word-break: keep-all; overflow-wrap: anywhere; margin: 0; font-size: .95rem; }
 .scores { font-size: .78rem; color: #555; margin-top: .4rem; font-variant-numeric: tabular-nums; }
 mark { background: #ffd54f; border-radius: 2px; padding: 0 1px; }
+mark.why-repeated, mark.why-noun { background: #ffcc80; outline: 1px dashed #e65100; }
 .ci { display: block; color: #777; font-size: .75rem; white-space: nowrap; }
 .sig { font-weight: 600; }
 """
@@ -85,8 +97,13 @@ def highlight(text: str, facts: Iterable) -> str:
         start, end, kind = f["start"], f["end"], str(f.get("kind", "fact"))
         if start < pos or start >= end or text[start:end] != f.get("text"):
             continue
-        title = html.escape(f"{_KIND_NAMES.get(kind, kind)} not found in the summary")
+        name, reason = _KIND_NAMES.get(kind, kind), str(f.get("reason") or "absent")
+        # A figure the summary has, in the wrong place, says why; any other fact is one the summary lacks.
+        title = html.escape(f"{name}: {REASONS[reason]}" if reason in REASONS and reason != "absent"
+                            else f"{name} not found in the summary")
         css = re.sub(r"[^a-z]", "", kind.lower())
+        if reason != "absent":
+            css += " why-" + re.sub(r"[^a-z]", "", reason.lower())
         out.append(html.escape(text[pos:start]))
         out.append(f'<mark class="fact-{css}" title="{title}">{html.escape(text[start:end])}</mark>')
         pos = end
@@ -115,7 +132,7 @@ def _best(values: dict[str, float], rule: str) -> set[str]:
 
 
 def _digits(key: str) -> int:
-    return {"perplexity": 2, "n_no_facts": 0}.get(key, 3)
+    return {"perplexity": 2, "n_no_facts": 0, "length_chars": 1, "length_deviation": 1}.get(key, 3)
 
 
 def _ci_html(ci, digits: int) -> str:
@@ -151,6 +168,31 @@ def _table(scores: dict) -> str:
         lines.append(f"<tr><td>{html.escape(label)}</td>{cells}{yardstick}</tr>")
     lines.append("</tbody></table>")
     return "\n".join(lines)
+
+
+def _headline_table(scores: dict) -> str:
+    """Each column as a row, the reference last, on the figures that decide between them, each with its interval;
+    a figure a row doesn't have (the reference's recall against itself, a length without target) is a dash."""
+    agg, cis = scores["aggregate"], scores.get("intervals", {}).get("models", {})
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in _HEADLINE)
+    lines = [f"<table><thead><tr><th>Column</th>{head}</tr></thead><tbody>"]
+    for name in [*scores["models"], _YARDSTICK]:
+        values = agg.get(name, {})
+        cells = "".join(
+            f"<td>{_num(values[k], d)}{_ci_html(cis.get(name, {}).get(k), d)}</td>" if _is_num(values.get(k))
+            else "<td>—</td>" for k, _, d in _HEADLINE)
+        label, css = ("reference (human abstract)", ' class="yardstick"') if name == _YARDSTICK else (name, "")
+        lines.append(f"<tr{css}><td>{html.escape(label)}</td>{cells}</tr>")
+    lines.append("</tbody></table>")
+    return "\n".join(lines)
+
+
+def _length_note(scores: dict) -> str:
+    targets = {t for t in (scores.get("targets") or {}).values()}
+    against = (f"the target of {targets.pop()} asked for" if len(targets) == 1 and None not in targets
+               else "each column's target, or the reference's length where none was asked")
+    return (f"Lengths in {html.escape(scores.get('length_unit') or 'characters')}; the deviation is measured "
+            f"against {html.escape(against)}.")
 
 
 def _columns_table(scores: dict) -> str:
@@ -290,7 +332,10 @@ def _sample(i: int, s: dict, models: list[str]) -> str:
             highlight(o["prediction"], o["unsupported"]),
             f"R-1 {_num(o['rouge1'])} · R-2 {_num(o['rouge2'])} · R-L {_num(o['rougeL'])} · "
             f"R-L chars {_num(o['rougeL_char'])}<br>unsupported {len(o['unsupported'])}/{o['n_facts']} · "
-            f"coverage {_num(o['coverage'], 2)} · length {_num(o['length_ratio'], 2)}",
+            f"coverage {_num(o['coverage'], 2)} · length {_num(o['length_ratio'], 2)}"
+            + (f" · {o['length_chars']}자 (target {o['target_chars']})" if "length_chars" in o else "")
+            + (f"<br>entities {o['n_entities_in_summary']}/{o['n_entities']} in the summary"
+               if "n_entities" in o else ""),
         ))
     head = " · ".join(html.escape(str(x)) for x in (s.get("id"), s.get("doc_id"), s.get("ipc")) if x not in (None, ""))
     body = "".join(
@@ -347,6 +392,11 @@ def write_report(scores: dict, path, log_history: list[dict] | None = None,
     if scores.get("columns"):
         parts += ['<section id="columns"><h2>Columns: model and decoding</h2>', _columns_table(scores), "</section>"]
     parts += [
+        '<section id="side-by-side"><h2>Columns side by side</h2>', _headline_table(scores),
+        '<p class="note">prec_s (Nan et al., 2021): the share of an output\'s named entities, numbers and terms '
+        "(proper nouns, Latin and Hanja words, quoted terms, values) that its summary holds; entity recall: the share "
+        f"of the reference's that the output holds, both pooled over all samples. {_length_note(scores)}"
+        f"{ci_note}</p></section>",
         f'<section id="aggregate"><h2>Aggregate over all {scores["n_samples"]} samples</h2>',
         _table(scores),
         '<p class="note">ROUGE compares each output with the human abstract. Facts (numbers with their units, years, '

@@ -80,6 +80,7 @@ def test_penalty_inside_model_generate_covers_generated_tokens_only(tiny):
 def test_generate_kwargs_keep_transformers_own_penalty_off():
     class Tok:
         pad_token_id, eos_token_id, unk_token_id = 0, 1, 3
+        writemypaper_family = "gemma3_text"  # as weights.finish_tokenizer marks a tokenizer of the default family
 
         def convert_tokens_to_ids(self, token):
             return 106
@@ -223,6 +224,32 @@ def test_generate_cli_refuses_several_greedy_abstracts_in_one_line(tiny_gemma2_d
                  "--greedy"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "num_return_sequences=3 needs sampling" in err[0]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "99999"])
+def test_generate_cli_refuses_a_target_length_out_of_range_in_one_line(tiny_gemma2_dir, capsys, value):
+    from writemypaper.cli import main
+
+    assert main(["generate", SUMMARY, "--model", str(tiny_gemma2_dir), "--target-chars", value]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"target_chars={value} is not" in err[0], err
+
+
+def test_generate_cli_records_each_abstracts_length_and_target(tiny_gemma2_dir, tmp_path, capsys):
+    """Each JSONL row holds its length in characters (공백 포함) and the target it was steered to; the summary line
+    says how the lengths landed."""
+    from writemypaper.cli import main
+    from writemypaper.text import char_count
+
+    inputs = tmp_path / "in.txt"
+    inputs.write_text(SUMMARY + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    assert main(["generate", "--input", str(inputs), "--model", str(tiny_gemma2_dir), "--out", str(out),
+                 "--target-chars", "50", "--max-new-tokens", "40", "--no-grounding"]) == 0
+    [row] = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert row["chars"] == char_count(row["generated"]) and row["target_chars"] == 50
+    assert row["settings"]["target_chars"] == 50
+    assert f"lengths {row['chars']}-{row['chars']}자, target 50자" in capsys.readouterr().out
 
 
 def test_a_cancelled_summary_ends_alone(tiny):

@@ -15,6 +15,7 @@ import pytest
 openai = pytest.importorskip("openai")
 
 from writemypaper import engines  # noqa: E402
+from writemypaper.text import char_count  # noqa: E402
 from writemypaper.serve import Limits, create_app, serving  # noqa: E402
 
 MODEL = "gemma3-270m"
@@ -90,7 +91,8 @@ def test_chat_completion(client):
     assert 0 <= r.usage.completion_tokens <= 8 and r.usage.prompt_tokens > 10
     # The fact check rides along as a non-standard field, with offsets into the returned content.
     check = choice.model_extra["writemypaper"]
-    assert set(check) == {"unsupported", "n_facts", "unsupported_rate", "coverage"}
+    assert set(check) == {"unsupported", "n_facts", "unsupported_rate", "coverage", "chars", "target_chars"}
+    assert check["chars"] == char_count(choice.message.content) and check["target_chars"] is None
     for fact in check["unsupported"]:
         assert choice.message.content[fact["start"]:fact["end"]] == fact["text"]
 
@@ -412,6 +414,23 @@ def test_grounded_candidates_through_the_client(client):
     assert not [f for f in facts if f["kind"] in ("number", "year")], facts
 
 
+def test_a_target_length_steers_the_abstract_and_comes_back_counted(client, url):
+    """Real model: target_chars through the client's extra body, the length counted next to the fact check; the
+    stream is steered alike, and /check counts what it streamed."""
+    from writemypaper.decoding import FLOOR
+
+    r = chat(client, max_tokens=48, temperature=0, extra_body={"target_chars": 50})
+    text, check = r.choices[0].message.content, r.choices[0].model_extra["writemypaper"]
+    assert check["target_chars"] == 50 and check["chars"] == char_count(text)
+    assert check["chars"] >= FLOOR * 50 or r.choices[0].finish_reason == "length", text
+    streamed = "".join(c.choices[0].delta.content or "" for c in chat(client, max_tokens=48, temperature=0,
+                                                                     stream=True, extra_body={"target_chars": 50})
+                       if c.choices)
+    assert streamed == text  # greedy: the same steering in both
+    body = httpx.post(f"{url}/v1/writemypaper/check", json={"summary": SUMMARY, "text": streamed}).json()
+    assert body["chars"] == check["chars"]
+
+
 class Recording(GatedGenerator):
     """Opens its gate at once and remembers the settings of each call."""
 
@@ -434,6 +453,34 @@ def test_request_fields_reach_the_generator(generator):
     default, asked = rec.settings
     assert default.grounded is True and default.candidates == 1
     assert asked.grounded is False and asked.candidates == 3 and asked.rows_per_summary == 3
+
+
+class Targeted(GatedGenerator):
+    """Remembers each call's summaries and per-summary target lengths."""
+
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer)
+        self.seen = []
+
+    def generate(self, summaries, settings, batch_size=8, stop=None, cancelled=None, targets=None):
+        self.seen.append((len(summaries), targets))
+        return super().generate(summaries, settings, batch_size, stop, cancelled)
+
+
+def test_requests_that_differ_only_in_target_length_share_a_model_call(generator):
+    """Each row of a batch is steered to its own target, so a target does not split the queue into calls."""
+    gated = Targeted(generator.tokenizer)
+    with serving(create_app(gated, Limits(queue_depth=4))) as url, ThreadPoolExecutor(3) as pool:
+        first = post_in_background(url, "/v1/chat/completions", OK, pool)
+        wait_until(lambda: gated.calls == 1, what="the first call")
+        asked = [OK | {"max_tokens": 32, "target_chars": t} for t in (50, 80)]
+        waiting = [post_in_background(url, "/v1/chat/completions", body, pool) for body in asked]
+        wait_until(lambda: health(url)["queue"]["waiting"] == 2, what="two requests with targets to queue")
+        assert all(not r.done() for r in waiting), [r.result().text for r in waiting if r.done()]
+        gated.gate.set()
+        assert all(r.result().status_code == 200 for r in [first, *waiting])
+    assert gated.seen[0] == (1, None)
+    assert gated.seen[1][0] == 2 and sorted(gated.seen[1][1]) == [50, 80]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

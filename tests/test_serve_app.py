@@ -226,6 +226,17 @@ def test_every_fact_kind_has_a_label(app):
     assert kinds <= set(labels) and all(labels[k].strip() for k in kinds), kinds - set(labels)
 
 
+def test_every_reason_a_fact_is_unsupported_has_a_label(app):
+    from writemypaper.factcheck import REASONS, unsupported_facts
+
+    labels = TestClient(app).get("/health").json()["fact_reasons"]
+    assert set(labels) == set(REASONS) and all(v.strip() for v in labels.values())
+    # the check gives each reason: 1.6배 on another noun, then once more than the summary's count plus one, and an
+    # absent figure
+    facts = unsupported_facts("효과가 1.6배였다.", "효과가 1.6배였다. 비용도 1.6배였다. 시간도 1.6배였다. 3명이었다.")
+    assert [f.reason for f in facts] == ["noun", "repeated", "absent"], facts
+
+
 def test_the_page_may_be_framed_by_colab_only(app):
     csp = TestClient(app).get("/").headers["content-security-policy"]
     directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
@@ -243,3 +254,37 @@ def test_serve_passes_fact_check_from_the_command_line(monkeypatch):
     monkeypatch.setattr(serve, "main", lambda **kw: seen.append(kw["fact_check"]))
     assert main(["serve"]) == 0 and main(["serve", "--no-fact-check"]) == 0 and main(["serve", "--fact-check"]) == 0
     assert seen == [True, False, True]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# target_chars: the length journals ask for
+
+
+@pytest.mark.parametrize("value", [0, -1, 49, 10**9, "300", True, 300.5])
+def test_a_bad_target_length_is_a_400(app, value):
+    for path, body in (("/v1/chat/completions", {"messages": MESSAGES}), ("/v1/completions", {"prompt": "요약"})):
+        r = post(app, path, {**body, "target_chars": value})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "target_chars", r.text
+
+
+def test_a_target_length_past_max_tokens_is_a_400_that_says_so(app):
+    r = post(app, "/v1/chat/completions", {"messages": MESSAGES, "target_chars": 1000, "max_tokens": 100})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "target_chars", r.text
+    assert "cannot fit in max_new_tokens=100" in r.json()["error"]["message"]
+
+
+def test_a_target_length_reaches_the_settings():
+    limits = Limits()
+    assert request_settings(ChatRequest(messages=MESSAGES, target_chars=500), limits).target_chars == 500
+    assert request_settings(CompletionRequest(prompt="요약"), limits).target_chars is None
+
+
+def test_the_page_asks_for_a_target_length_and_sends_it(app):
+    """An input for the target in characters, empty by default (no target), sent as target_chars when filled."""
+    client = TestClient(app)
+    html = client.get("/").text
+    tag = html[html.index('id="target-chars"'):]
+    tag = tag[:tag.index(">")]
+    assert 'type="number"' in tag and 'min="50"' in tag and 'max="5000"' in tag and "value=" not in tag
+    js = client.get("/static/app.js").text
+    assert 'request.target_chars = Number($("target-chars").value)' in js and "check.chars" in js

@@ -84,15 +84,20 @@ def run(cfg, model: str | None, summary: str | None = None, input_path: str | No
     gen = engines.load(model or cfg.model, precision=cfg.precision, instruction=cfg.get("instruction"))
     if summary is not None and out is None:
         if settings.candidates == 1:
+            pieces = []
             for piece in gen.stream(summary, settings):
+                pieces.append(piece)
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")
+            if settings.target_chars is not None:  # on stderr: stdout holds the abstract alone
+                print(length_note("".join(pieces), settings.target_chars), file=sys.stderr)
             return None
         [d] = gen.generate([summary], settings, details=True)
         print(d["text"])
         counts = ", ".join(str(len(c["unsupported"])) for c in d["candidates"])
-        print(f"best of {settings.candidates} candidates (unsupported facts, best first: {counts})", file=sys.stderr)
+        print(f"best of {settings.candidates} candidates (unsupported facts, best first: {counts}); "
+              f"{length_note(d['text'], settings.target_chars)}", file=sys.stderr)
         return None
     if summary is not None:
         rows = [{"summary": summary}]
@@ -108,6 +113,25 @@ def run(cfg, model: str | None, summary: str | None = None, input_path: str | No
     return _write_rows(cfg, gen, settings, rows, model or cfg.model, out, save_candidates)
 
 
+def length_note(text: str, target: int | None) -> str:
+    """The abstract's length as journals count it (text.char_count), and the target it was steered to."""
+    from writemypaper.text import char_count
+
+    return f"{char_count(text)}자" + ("" if target is None else f" (target {target}자)")
+
+
+def _lengths_line(results: list[dict], target: int | None) -> str:
+    """How the lengths of a file of abstracts landed: their range, and how many came within the steering band."""
+    from writemypaper.decoding import CAP, FLOOR
+
+    chars = [r["chars"] for r in results]
+    line = f"lengths {min(chars)}-{max(chars)}자"
+    if target is not None:
+        near = sum(FLOOR * target <= c <= CAP * target for c in chars)
+        line += f", target {target}자: {near} of {len(chars)} within {FLOOR:.2f}-{CAP:.2f}x"
+    return line
+
+
 def _write_rows(cfg, gen, settings: GenerationSettings, rows: list[dict], model: str, out: str | None,
                 save_candidates: bool) -> list[dict]:
     from writemypaper.atomic import atomic_write_jsonl
@@ -121,9 +145,13 @@ def _write_rows(cfg, gen, settings: GenerationSettings, rows: list[dict], model:
     # Every row says how it was written: grounding, candidates and sampling change what a reader should expect.
     record_settings = asdict(settings) | {"do_sample": settings.sampling, "model": model}
     results = []
+    from writemypaper.text import char_count
+
     for r, d in zip(rows, details):
         for k, cand in enumerate(d["candidates"][:settings.num_return_sequences]):
-            row = {**r, "generated": cand["text"], "sample": k, "settings": record_settings}
+            # chars as journals count them (공백 포함), beside the target the row was steered to
+            row = {**r, "generated": cand["text"], "chars": char_count(cand["text"]),
+                   "target_chars": settings.target_chars, "sample": k, "settings": record_settings}
             if save_candidates:
                 row["candidates"] = d["candidates"]
             results.append(row)
@@ -135,5 +163,5 @@ def _write_rows(cfg, gen, settings: GenerationSettings, rows: list[dict], model:
 
         atomic_write_jsonl(out, results)
         save_config(cfg, Path(out).with_suffix(".config.yaml"))
-        print(f"wrote {len(results)} abstracts to {out}")
+        print(f"wrote {len(results)} abstracts to {out} ({_lengths_line(results, settings.target_chars)})")
     return results

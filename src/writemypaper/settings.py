@@ -11,6 +11,11 @@ from dataclasses import dataclass, fields
 from writemypaper import prompts
 from writemypaper.errors import UserError
 
+# The range of abstract lengths journals ask for, in characters; and more characters than any Korean text puts in one
+# token of Gemma's vocabulary (about 1.7 on the sample corpus): a target that cannot fit in max_new_tokens even at
+# this rate cannot be reached.
+TARGET_CHARS_RANGE = (50, 5000)
+GENEROUS_CHARS_PER_TOKEN = 4
 
 @dataclass
 class GenerationSettings:
@@ -19,6 +24,8 @@ class GenerationSettings:
     task must copy the summary's numbers and terms. `grounded` lets the model write only numbers the summary holds
     (writemypaper.grounding); `candidates` > 1 samples that many abstracts per summary in one batched call and ranks
     them by the fact check (fewest unsupported facts, then most coverage, then highest mean log-probability).
+    `target_chars` steers each abstract towards the length a journal asks for, in characters including spaces
+    (text.char_count), without touching the prompt (decoding.LengthTarget); None writes as long as the model likes.
 
     These are the one place the defaults live: the generate and evaluate presets set only what they change, and a
     server request starts from them."""
@@ -33,6 +40,7 @@ class GenerationSettings:
     seed: int | None = 0
     grounded: bool = True
     candidates: int = 1
+    target_chars: int | None = None
 
     def problems(self) -> list[tuple[str, str]]:
         """Each setting out of range, as (field, message). The server names the field in its 400s; `validate`
@@ -71,7 +79,22 @@ class GenerationSettings:
                 problems.append(("num_return_sequences", f"num_return_sequences={self.num_return_sequences} is more "
                                  f"than candidates={self.candidates}: the best ones are returned out of the "
                                  "candidates"))
+        problems += self._target_problems()
         return problems
+
+    def _target_problems(self) -> list[tuple[str, str]]:
+        target = self.target_chars
+        if target is None:
+            return []
+        lo, hi = TARGET_CHARS_RANGE
+        if isinstance(target, bool) or not isinstance(target, int) or not lo <= target <= hi:
+            return [("target_chars", f"target_chars={target!r} is not a whole number of characters in [{lo}, {hi}]")]
+        most = self.max_new_tokens * GENEROUS_CHARS_PER_TOKEN
+        if isinstance(self.max_new_tokens, int) and target > most:
+            return [("target_chars", f"target_chars={target} cannot fit in max_new_tokens={self.max_new_tokens} "
+                     f"(at most about {most} characters at {GENEROUS_CHARS_PER_TOKEN} a token): raise max_new_tokens "
+                     f"to at least {-(-target // GENEROUS_CHARS_PER_TOKEN)} or lower target_chars")]
+        return []
 
     def validate(self) -> "GenerationSettings":
         problems = self.problems()

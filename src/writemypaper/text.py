@@ -25,6 +25,13 @@ def normalize(text: str) -> str:
     return " ".join(nfc(text).split())
 
 
+def char_count(text: str) -> int:
+    """An abstract's length as Korean journals state it ("500자 내외"): characters including spaces (공백 포함),
+    counted on the stored form (NFC, whitespace runs as one space, ends stripped), so that a line break or a
+    decomposed syllable counts as one, as a word processor's 공백 포함 count does."""
+    return len(normalize(text))
+
+
 def decode(raw: bytes, where: str) -> str:
     """UTF-8 (a byte-order mark dropped); anything else is one line naming `where`, with the fix for CP949, the
     encoding Korean Windows writes."""

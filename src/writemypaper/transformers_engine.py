@@ -1,6 +1,6 @@
 """transformers as an engine: a loaded model and tokenizer that write abstracts in batches (left-padded, sorted by
-length) or as a stream, with the repetition penalty over generated tokens only and grounded numbers as logits
-processors. engines.py picks it for every model that is not a .gguf file.
+length) or as a stream, with the repetition penalty over generated tokens only, grounded numbers and the length in
+characters as logits processors. engines.py picks it for every model that is not a .gguf file.
 
     python -c "from writemypaper import engines; print(engines.load('gemma3-270m').generate(['요약문...']))"
 """
@@ -11,15 +11,16 @@ import threading
 from typing import Callable, Iterator
 
 from writemypaper import prompts
-from writemypaper.decoding import rank, run_instruction
+from writemypaper.decoding import LengthTarget, rank, run_instruction, targets_for
 from writemypaper.errors import UserError
 from writemypaper.settings import GenerationSettings
 
 
 def logits_processors(settings: GenerationSettings, prompt_length: int, summaries: list[str] | None = None,
-                      table=None, record=None) -> list:
+                      table=None, record=None, length=None) -> list:
     """The processors `Generator` passes to `model.generate`, in order: the log-probability recorder (raw logits),
-    the repetition penalty over generated tokens only, then grounded numbers."""
+    the repetition penalty over generated tokens only, grounded numbers, then the length (`LengthSteering`, last:
+    it may leave a row nothing but its end of turn)."""
     from transformers import RepetitionPenaltyLogitsProcessor
 
     procs = [] if record is None else [record]
@@ -33,7 +34,29 @@ def logits_processors(settings: GenerationSettings, prompt_length: int, summarie
 
         procs.append(GroundedNumbers(table, summaries, prompt_length, per_summary=settings.rows_per_summary,
                                      max_new_tokens=settings.max_new_tokens))
+    if length is not None:
+        procs.append(length)
     return procs
+
+
+class LengthSteering:
+    """decoding.LengthTarget for each row of a batch: `targets` holds one target (or None) per summary, and each
+    summary brings `per_summary` rows. Each step decodes every open row's text so far: characters are what journals
+    count, and a token may hold a fraction of one (a byte) or several."""
+
+    def __init__(self, tokenizer, targets: list[int | None], prompt_length: int, per_summary: int = 1):
+        stops = prompts.stop_token_ids(tokenizer)  # the family's end of turn first, then eos
+        self.targets = [LengthTarget(t, stops, stops[0]) for t in targets]
+        self.tokenizer, self.prompt_length, self.per_summary = tokenizer, prompt_length, per_summary
+        self.stops = set(stops)
+
+    def __call__(self, input_ids, scores):
+        for r, ids in enumerate(input_ids[:, self.prompt_length:].tolist()):
+            target = self.targets[r // self.per_summary]
+            if target.target is None or self.stops.intersection(ids):  # no target, or already ended (padding)
+                continue
+            target.steer(self.tokenizer.decode(ids, skip_special_tokens=True), scores[r])
+        return scores
 
 
 class LogprobRecorder:
@@ -102,21 +125,28 @@ class Generator:
         return self._numbers
 
     def _encode(self, summaries: list[str]):
-        texts = [prompts.render_prompt(s, self.instruction, self.tokenizer.bos_token) for s in summaries]
-        return self.tokenizer(texts, add_special_tokens=False, return_tensors="pt", padding=True).to(self.device)
+        # the training prompt's ids, exactly one BOS in every family (prompts.encode_text), padded on the left
+        ids = [prompts.encode_prompt(self.tokenizer, s, self.instruction) for s in summaries]
+        return self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.device)
 
-    def _processors(self, settings, enc, summaries, record=None) -> dict:
+    def _processors(self, settings, enc, summaries, record=None, targets=None) -> dict:
         from transformers import LogitsProcessorList
 
         table = self.number_table if settings.grounded else None
-        procs = logits_processors(settings, enc["input_ids"].shape[1], summaries, table, record)
+        width = enc["input_ids"].shape[1]
+        targets = targets or [settings.target_chars] * len(summaries)
+        length = None
+        if any(t is not None for t in targets):
+            length = LengthSteering(self.tokenizer, targets, width, settings.rows_per_summary)
+        procs = logits_processors(settings, width, summaries, table, record, length)
         return {"logits_processor": LogitsProcessorList(procs)} if procs else {}
 
     def generate(self, summaries: list[str], settings: GenerationSettings | None = None, batch_size: int = 8,
                  progress: bool = False, stop: Callable[[], bool] | None = None, details: bool = False,
-                 cancelled: Callable[[int], bool] | None = None) -> list:
+                 cancelled: Callable[[int], bool] | None = None, targets: list[int | None] | None = None) -> list:
         """One list of `num_return_sequences` abstracts per summary, in input order, best first when
-        `candidates` > 1. `batch_size` counts summaries per model call (each brings `rows_per_summary` sequences).
+        `candidates` > 1. `targets` gives each summary its own target length in characters (None: none), in place of
+        `settings.target_chars`. `batch_size` counts summaries per model call (each brings `rows_per_summary` sequences).
         `stop()` returning true ends generation within a token (the server uses it when its clients have gone);
         `cancelled(i)` returning true ends summary i's rows only (their text comes back cut short), the others go on.
 
@@ -126,6 +156,7 @@ class Generator:
         from tqdm.auto import tqdm
 
         settings = (settings or GenerationSettings()).validate()
+        targets = targets_for(targets, settings, len(summaries))
         scored = details or settings.candidates > 1
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
@@ -141,7 +172,8 @@ class Generator:
             with self.lock, torch.inference_mode():
                 halt = _stopping(stop, cancelled, idx, settings.rows_per_summary)
                 out = self.model.generate(**enc, **settings.generate_kwargs(self.tokenizer), **halt,
-                                          **self._processors(settings, enc, batch, record))
+                                          **self._processors(settings, enc, batch, record,
+                                                             [targets[i] for i in idx]))
             new = out[:, enc["input_ids"].shape[1]:]
             texts = [self.decode(row) for row in new]
             means = self._mean_logprobs(record.per_token(new), new) if scored else [None] * len(texts)

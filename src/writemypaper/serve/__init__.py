@@ -7,10 +7,11 @@ r"""An OpenAI-compatible server and a web page for one loaded model, with a fact
 The user turn is the summary: the engine adds the project's instruction and prompt, so clients need not know them.
 Only the last user message counts; system text and earlier turns are ignored, because the model was tuned on one
 instruction (Gemma has no system role to put them in anyway). Non-streaming choices carry a non-standard
-`writemypaper` field, `metrics.faithfulness(summary, content)`; streams can be checked afterwards with
-POST /v1/writemypaper/check. `usage` and `finish_reason` come from re-tokenizing the returned text.
-Two extra body fields: `grounded` (default true: only the summary's numbers can be written) and `candidates`
-(default 1: sample that many and return the best by the fact check; not with stream). Unset sampling fields take
+`writemypaper` field, `metrics.faithfulness(summary, content)` with the length in characters (`chars`, 공백 포함) and
+`target_chars`; streams can be checked afterwards with POST /v1/writemypaper/check. `usage` and `finish_reason` come from re-tokenizing the returned text.
+Three extra body fields: `grounded` (default true: only the summary's numbers can be written), `candidates`
+(default 1: sample that many and return the best by the fact check; not with stream) and `target_chars` (default
+none: steer the abstract towards that many characters, 50 to 5000, without changing the prompt). Unset sampling fields take
 `GenerationSettings`' defaults, the same as `writemypaper generate`. `stop` (up to 4 strings) ends the text before the
 first one, streamed or not. A parameter the server does not honour is a 400 (`unsupported_parameter`), never ignored;
 OpenAI's presence_penalty, frequency_penalty and logprobs pass only at their neutral values.

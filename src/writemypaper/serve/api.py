@@ -25,6 +25,7 @@ from writemypaper.serve.schemas import (ChatCompletion, ChatCompletionChunk, Cha
                                         CheckResponse, Completion, CompletionChunk, CompletionRequest, ErrorResponse,
                                         ModelList, event_stream)
 from writemypaper.settings import GenerationSettings
+from writemypaper.text import char_count
 
 # Every route's 4xx is an OpenAI-shaped error (errors.py); the OpenAPI schema says so. A body that fails validation
 # is a 400 too, so FastAPI's 422 is not documented.
@@ -34,13 +35,15 @@ router = APIRouter(prefix="/v1", responses=ERRORS)
 
 
 def check(summary: str, text: str) -> dict:
-    """metrics.faithfulness on NFC text, with that text: the facts' offsets index it."""
+    """metrics.faithfulness on NFC text, with that text (the facts' offsets index it) and its length in characters
+    as journals count it."""
     from writemypaper import metrics  # Kiwi comes with it: a server without the fact check never imports it
 
     text = nfc(text)
     # One Kiwi instance serves the process; the ranking of candidates uses it too, on the model's thread.
     with FACT_CHECK_LOCK:
-        return {"text": text, **metrics.faithfulness(nfc(summary), text)}
+        facts = metrics.faithfulness(nfc(summary), text)
+    return {"text": text, **facts, "chars": char_count(text)}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -84,7 +87,7 @@ async def chat(req: ChatRequest, request: Request):
         return _stream(state.scheduler, Job(summary, settings, stream=True, stop=stops), chunk, _include_usage(req))
     [(texts, prompt_tokens, counts, stopped)] = await _run_jobs(request, [summary], settings, stops)
     texts = [nfc(t) for t in texts]
-    facts = await _checks(state, summary, texts)
+    facts = await _checks(state, summary, texts, settings)
     choices = []
     for i, (t, c, hit, f) in enumerate(zip(texts, counts, stopped, facts)):
         choices.append({"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None,
@@ -121,7 +124,7 @@ async def completions(req: CompletionRequest, request: Request):
         texts = [nfc(t) for t in texts]
         prompt_total += prompt_tokens
         completion_total += sum(counts)
-        for t, c, hit, f in zip(texts, counts, stopped, await _checks(state, summary, texts)):
+        for t, c, hit, f in zip(texts, counts, stopped, await _checks(state, summary, texts, settings)):
             choices.append({"index": len(choices), "text": t, "logprobs": None,
                             "finish_reason": _finish(c, settings, hit), **f})
     return {"id": rid, "object": "text_completion", "created": created, "model": name,
@@ -163,15 +166,16 @@ def _finish(completion_tokens: int, settings: GenerationSettings, stopped: bool 
     return "length" if completion_tokens >= settings.max_new_tokens and not stopped else "stop"
 
 
-async def _checks(state, summary: str, texts: list[str]) -> list[dict]:
-    """{"writemypaper": the fact check} for each text; {} each when the server runs without it."""
+async def _checks(state, summary: str, texts: list[str], settings: GenerationSettings) -> list[dict]:
+    """{"writemypaper": the fact check, the length and its target} for each text; {} each when the server runs
+    without the fact check."""
     if not state.fact_check:
         return [{} for _ in texts]
     out = []
     for t in texts:
         c = await asyncio.to_thread(check, summary, t)
         del c["text"]
-        out.append({"writemypaper": c})
+        out.append({"writemypaper": {**c, "target_chars": settings.target_chars}})
     return out
 
 

@@ -109,7 +109,8 @@ def request_settings(req, limits: Limits) -> GenerationSettings:
         top_k=base.top_k if req.top_k is None else req.top_k,
         repetition_penalty=base.repetition_penalty if req.repetition_penalty is None else req.repetition_penalty,
         grounded=base.grounded if req.grounded is None else req.grounded,
-        candidates=base.candidates if req.candidates is None else req.candidates)
+        candidates=base.candidates if req.candidates is None else req.candidates,
+        target_chars=base.target_chars if req.target_chars is None else req.target_chars)
     # The ranges are GenerationSettings' own: top_p, top_k and the penalty are checked there, not restated here.
     problems = settings.problems()
     if problems:

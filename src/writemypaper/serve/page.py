@@ -28,6 +28,8 @@ PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-sr
 # them, so the page holds no list of its own. tests/test_serve_app.py checks that no kind lacks one.
 FACT_LABELS = {"number": "숫자", "year": "연도", "century": "세기", "quoted": "인용구", "latin": "영문 용어",
                "hanja": "한자어"}
+# Why a marked fact is unsupported (factcheck.REASONS), in the page's words.
+FACT_REASONS = {"absent": "요약에 없는", "repeated": "요약보다 자주 쓴", "noun": "요약과 다른 대상에 붙은"}
 HEADERS = {"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
 
 

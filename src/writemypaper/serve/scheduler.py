@@ -10,7 +10,7 @@ import asyncio
 import collections
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from writemypaper import prompts
 from writemypaper.settings import GenerationSettings
@@ -36,10 +36,16 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)  # read by the model's thread
 
 
+def _shared(settings: GenerationSettings) -> GenerationSettings:
+    """What the jobs of one model call must have in common: every setting but the target length."""
+    return replace(settings, target_chars=None)
+
+
 class Scheduler:
     """Admits up to `queue_depth` requests (waiting or being written; more get a 429) and feeds them to the
     model one call at a time. A non-streaming request takes with it the waiting ones with equal settings, up to
-    `max_batch_size` sequences, into one engine.generate call. A streaming request has the model to itself."""
+    `max_batch_size` sequences, into one engine.generate call (settings that differ in target_chars alone count as
+    equal: each row is steered to its own). A streaming request has the model to itself."""
 
     def __init__(self, generator, limits: Limits):
         self.generator, self.limits = generator, limits
@@ -79,8 +85,8 @@ class Scheduler:
     def _take_batch(self, first: Job) -> list[Job]:
         batch, size = [first], first.settings.rows_per_summary
         for job in list(self.waiting):
-            n = job.settings.rows_per_summary
-            if not job.stream and job.settings == first.settings and size + n <= self.limits.max_batch_size:
+            n, same = job.settings.rows_per_summary, _shared(job.settings) == _shared(first.settings)
+            if not job.stream and same and size + n <= self.limits.max_batch_size:
                 self.waiting.remove(job)
                 batch.append(job)
                 size += n
@@ -119,8 +125,10 @@ class Scheduler:
         def run():
             # Tokenizer work stays on this one thread: a fast tokenizer used from two threads at once can fail.
             # A client that leaves ends its own row (cancelled); the batch stops only once every row's client is gone.
+            targets = [j.settings.target_chars for j in batch]
+            per_row = {"targets": targets} if any(t is not None for t in targets) else {}
             outs = self.generator.generate([j.summary for j in batch], settings, batch_size=len(batch), stop=gone,
-                                           cancelled=lambda i: batch[i].cancelled.is_set())
+                                           cancelled=lambda i: batch[i].cancelled.is_set(), **per_row)
             results = []
             for j, texts in zip(batch, outs):
                 cut = [cut_at_stop(t, j.stop) for t in texts]

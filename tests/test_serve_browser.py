@@ -38,6 +38,11 @@ class ScriptedGenerator:
         self.tokenizer = load_tokenizer("gemma3-270m", padding_side="left")
         self.lock = threading.Lock()
 
+    def encode(self, summary):
+        from writemypaper import prompts
+
+        return prompts.encode_prompt(self.tokenizer, summary)
+
     def generate(self, summaries, settings, batch_size=8, stop=None, cancelled=None):
         return [[self.text] * settings.num_return_sequences for _ in summaries]
 

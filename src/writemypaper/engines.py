@@ -41,6 +41,9 @@ class Engine(Protocol):
                stop: Callable[[], bool] | None = None) -> Iterator[str]:
         """One abstract, piece by piece as the model writes it."""
 
+    def encode(self, summary: str) -> list[int]:
+        """The prompt's ids for one summary, exactly as the engine feeds them to its model (the server counts them)."""
+
     def reference_losses(self, samples: list[dict]) -> list[tuple[float, int]]:
         """Per sample ({"summary", "reference"}), the summed loss and the token count of the model's turn."""
 

@@ -107,6 +107,10 @@ class Generator:
         m, tok = load_for_inference(model, precision=precision, device=device)
         return cls(m, tok, instruction=instruction or run_instruction(model), base=base_weights(model))
 
+    def encode(self, summary: str) -> list[int]:
+        """The prompt's ids, as `generate` feeds them to the model."""
+        return prompts.encode_prompt(self.tokenizer, summary, self.instruction)
+
     def reference_losses(self, samples: list[dict]) -> list[tuple[float, int]]:
         """Per sample, the summed loss and the number of tokens of the model's turn (see `reference_losses`)."""
         return reference_losses(self.model, self.tokenizer, samples, self.instruction)

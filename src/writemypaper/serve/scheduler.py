@@ -12,7 +12,6 @@ import logging
 import threading
 from dataclasses import dataclass, field, replace
 
-from writemypaper import prompts
 from writemypaper.settings import GenerationSettings
 from writemypaper.serve.errors import ApiError
 from writemypaper.serve.limits import Limits
@@ -113,8 +112,7 @@ class Scheduler:
         return len(self.generator.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _prompt_tokens(self, summary: str) -> int:
-        instruction = getattr(self.generator, "instruction", None)
-        return len(prompts.encode_prompt(self.generator.tokenizer, summary, instruction))
+        return len(self.generator.encode(summary))  # the engine's own prompt: a GGUF renders its own template
 
     async def _generate(self, batch: list[Job]) -> None:
         settings = batch[0].settings

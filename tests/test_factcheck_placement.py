@@ -63,6 +63,13 @@ def test_a_compound_compares_by_its_head_noun():
     assert _flags("1,200명의 정치 태도를 비교하였다.", "1,200명의 경제 행동을 비교하였다.") == [("1,200명", "noun")]
 
 
+def test_a_figure_in_korean_numerals_names_its_own_noun():
+    # 세 나라 counts 나라: 분석 결과 before it is the clause's adverbial, not what it quantifies
+    summary = "본 연구는 한ㆍ중ㆍ일 세 나라 대학생의 정치 태도를 비교하였다."
+    assert _flags(summary, "분석 결과 세 나라 모두 권위주의적 태도가 줄었다.") == []
+    assert _flags("학생 30명을 조사했다.", "분석 결과 30명이 응답했다.") == [("30명", "noun")]  # digits: compared
+
+
 def test_a_noun_named_on_one_side_only_is_not_flagged():
     # Conservative: without a noun on both sides nothing tells the figure moved.
     assert _flags("30명을 조사했다.", "교사 30명을 조사했다.") == []

@@ -358,9 +358,11 @@ def _misplaced(source: str, text: str, facts) -> list[Fact]:
     that value in the source stand next to a noun (see `_nouns_of`) and they share none. Caught: the noun right
     before the figure, or after it joined by 의, swapped for another. Not caught: a subject further off (학생들은 ...
     30명), a noun Kiwi reads as a pronoun or bound noun (이는 30명, 학생 중 30명), a source that names no noun for
-    the value. A synonym (참가자 for 참여자) is flagged as another noun; a compound compares by its head (여학생 and
+    the value, a figure in Korean numerals (세 나라: its counter is its noun). A synonym (참가자 for 참여자) is flagged as another noun; a compound compares by its head (여학생 and
     학생 differ, 정치 태도 and 태도 do not)."""
-    numbers = [(f, c) for f, c in facts if f.kind == "number" and c is not None]
+    # A figure written in Korean numerals (세 나라, 두 차례) names what it counts in its own counter noun: the noun
+    # before it is the clause's, not the figure's (분석 결과 세 나라 모두 ...), so it is never compared.
+    numbers = [(f, c) for f, c in facts if f.kind == "number" and c is not None and not "가" <= f.text[0] <= "힣"]
     if not numbers:
         return []
     text, source = nfc(text), nfc(source)

@@ -184,7 +184,12 @@ def test_llamacpp_runs_the_smollm2_export_as_transformers_does(smollm2_f16):
         # every Korean log-probability
         stops = prompts.stop_token_ids(tok)  # llama.cpp's greedy_ids ends at the end of turn; transformers ran on
         ref = ref[:min([ref.index(i) for i in stops if i in ref], default=len(ref))]
-        assert greedy_ids(llm, english, 16) == ref and len(ref) >= 8
+        got = greedy_ids(llm, english, 16)
+        assert got == ref[:len(got)] and len(got) >= 8, (got, ref)
+        if len(got) < len(ref):  # llama.cpp (f16) ended its turn where transformers (fp32) went on: only a near tie
+            with torch.no_grad():
+                last = torch.log_softmax(model(torch.tensor([english + got])).logits[0, -1].double(), -1)
+            assert float(last[stops].max()) > float(last.max()) - 0.5, (got, ref)
         assert float(np.abs(next_token_logprobs(llm, ids) - lp).max()) < 0.1
     finally:
         llm.close()

@@ -203,8 +203,8 @@ def cmd_align(a: argparse.Namespace) -> int:
                      negatives=not a.no_negatives)
     m = align.align(cfg, run=a.run, data=a.data, out=a.out, resume=a.resume, overwrite=a.overwrite)
     print(f"aligned {m['global_step']} steps on {m['dataset']['train']} pairs in {m['train_runtime_s']:.0f} s; DPO "
-          f"loss {m['train_loss_first']:.3f} -> {m['train_loss_last']:.3f}; reward margin "
-          f"{m['align']['reward_margin_last']}\naligned run written to {a.out}")
+          f"loss {m['train_loss_first']:.3f} -> {m['train_loss_last']:.3f}; last reward margin "
+          f"{m['align']['reward_margin_last'] or float('nan'):.3f}\naligned run written to {a.out}")
     return 0
 
 

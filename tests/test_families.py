@@ -39,6 +39,10 @@ def test_every_entry_is_complete_and_true(model_type):
     assert fam.norm_plus_one == model_type.startswith("gemma")  # Gemma computes x * (1 + w); no other family does
     # The default LoRA targets are modules of the model as transformers builds it (EXAONE's checkpoint names are
     # renamed to Llama's at load), so `target_modules: auto` never misses.
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:  # EXAONE: 5.25 builds it as Llama, the 5.0 floor does not know it
+        pytest.skip(f"this transformers does not know model_type {model_type!r}")
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(_tiny_config(model_type))
     names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}

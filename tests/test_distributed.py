@@ -1,5 +1,5 @@
-"""The distributed path on CPU: `accelerate launch` starts 2 gloo processes that train together (DDP on the embedded
-model through `writemypaper train`; FSDP, with each of configs/accelerate-fsdp*.yaml, on a tiny Gemma 2), and their
+"""The distributed path on CPU: `accelerate launch` starts 2 gloo processes that train together (DDP through
+`writemypaper train`; FSDP, with each of configs/accelerate-fsdp*.yaml; both on a tiny random Gemma 2), and their
 run must be the run one process makes with both ranks' batches: same losses, same adapter, written once.
 
     python -m pytest tests/test_distributed.py -q
@@ -22,9 +22,9 @@ STEPS = ["max_train_samples=4", "training.max_length=160", "training.learning_ra
          "early_stopping_patience=null", "training.save_steps=100", "training.report_to=none"]
 
 
-def _train(launcher: list[str], data, out, batch: int, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [*launcher, "-m", "writemypaper", "train", "--config", "cpu-demo", "--data", str(data), "--out", str(out),
-           *STEPS, f"training.per_device_train_batch_size={batch}", *extra]
+def _train(launcher: list[str], model, data, out, batch: int, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [*launcher, "-m", "writemypaper", "train", "--config", "cpu-demo", "--model", str(model), "--data", str(data),
+           "--out", str(out), *STEPS, f"training.per_device_train_batch_size={batch}", *extra]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     env.pop("ACCELERATE_USE_CPU", None)  # train itself sees several processes and no GPU, and chooses gloo
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
@@ -43,14 +43,14 @@ def _adapter(path):
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_train_as_one(short_prepared, tmp_path):
+def test_two_gloo_processes_train_as_one(tiny_gemma2_dir, short_prepared, tmp_path):
     # 2 processes x 1 pair against 1 process x 2 pairs: accelerate's sampler gives rank r the r-th batch of the
     # same shuffled order, so both runs see the same pairs at each step.
     ddp, ref = tmp_path / "ddp", tmp_path / "ref"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
               str(REPO / "configs" / "accelerate-cpu.yaml")]
-    two = _train(launch, short_prepared, ddp, 1)
-    _train([sys.executable], short_prepared, ref, 2)
+    two = _train(launch, tiny_gemma2_dir, short_prepared, ddp, 1)
+    _train([sys.executable], tiny_gemma2_dir, short_prepared, ref, 2)
 
     metrics = json.loads((ddp / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["device"] == "cpu"

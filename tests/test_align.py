@@ -252,3 +252,19 @@ def test_a_resumed_run_trains_on_the_pairs_it_started_with(tmp_path):
     align._save_pairs(tmp_path, [pair])
     again, counts = align._pairs(cfg, tmp_path, None, None, rows, resume=True)
     assert again == [pair] and counts == {"reused": 1}
+
+
+def test_pairs_from_another_runs_file_are_trained_on_without_sampling(tmp_path, short_prepared, capsys):
+    """pairs.from_file: a sweep over training settings samples once; the file is read as --resume reads its own,
+    and a missing file is one line before anything is written."""
+    pair = align.contrastive_negative(SUMMARY, REFERENCE, random.Random(0))
+    align._save_pairs(tmp_path, [pair])
+    cfg = align.load("align-cpu", [f"pairs.from_file={tmp_path / align.PAIRS_FILE}"])  # sampling.summaries stays 4
+    rows = [{"summary": SUMMARY, "original": REFERENCE}]
+    got, counts = align._pairs(cfg, tmp_path / "new", None, None, rows, resume=False)  # no model: nothing sampled
+    assert got == [pair] and counts == {"from_file": 1}
+    run = _fake_run(tmp_path / "run")
+    err = _error_lines(capsys, "--run", str(run), "--data", str(short_prepared), "--out", str(tmp_path / "out"),
+                       f"pairs.from_file={tmp_path / 'missing.jsonl'}")
+    assert len(err) == 1 and "pairs.from_file=" in err[0] and "no such file" in err[0]
+    assert not (tmp_path / "out").exists()

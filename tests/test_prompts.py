@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from writemypaper import prompts
+from writemypaper import families, prompts
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "templates"
 FAMILY_CASES = ["gemma2", "gemma3", "smollm2", "llama3", "qwen2.5", "qwen3"]
+# each case's family (model_type), as make_family_tokenizer finishes its tokenizer
+FAMILY_OF_CASE = {"gemma2": "gemma2", "gemma3": "gemma3_text", "smollm2": "llama", "llama3": "llama", "qwen2.5": "qwen2",
+                  "qwen3": "qwen3"}
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 SUMMARY = "한ㆍ중ㆍ일 대학생 1,200명의 정치 태도를 비교하였다."
@@ -82,6 +85,10 @@ def family_tokenizer(request):
     return make_family_tokenizer(request.param, request)
 
 
+def _family(request) -> families.Family:
+    return families.family(FAMILY_OF_CASE[request.node.callspec.params["family_tokenizer"]])
+
+
 def _starts_with_bos(tok, ids) -> bool:
     return tok.bos_token_id is not None and ids[:1] == [tok.bos_token_id]
 
@@ -105,10 +112,10 @@ def test_defect1_training_and_inference_share_one_instruction(family_tokenizer):
     prompt = prompts.encode_prompt(tok, SUMMARY)
     assert ex["input_ids"][: len(prompt)] == prompt
     assert prompts.render_example(SUMMARY, ORIGINAL, None, tok).startswith(prompts.render_prompt(SUMMARY, None, tok))
-    # The tokenizer's own chat template, as any library calls it, renders the same prompt.
-    fam = prompts.family_of(tok)
+    # The tokenizer's own chat template, as any library calls it (no template variables passed: Qwen 3's thinking
+    # off and Llama 3.2's date are in the template), renders the same prompt.
     chat = tok.apply_chat_template([{"role": "user", "content": prompts.user_message(SUMMARY)}], tokenize=False,
-                                   add_generation_prompt=True, **dict(fam.template_kwargs))
+                                   add_generation_prompt=True)
     assert chat == prompts.render_prompt(SUMMARY, None, tok)
     # A custom instruction changes both sides alike.
     custom = prompts.encode_example(tok, SUMMARY, ORIGINAL, instruction="초록을 쓰시오.")
@@ -154,12 +161,12 @@ def test_loss_only_on_the_model_turn_including_end_of_turn(family_tokenizer):
     assert tok.decode(answer[:-len(tail)]) == ORIGINAL
 
 
-def test_stop_tokens_are_looked_up(family_tokenizer):
+def test_stop_tokens_are_looked_up(family_tokenizer, request):
     tok = family_tokenizer
     ids = prompts.stop_token_ids(tok)
     eot = tok.convert_tokens_to_ids(prompts.end_of_turn(tok))
     assert ids == list(dict.fromkeys([eot, tok.eos_token_id]))
-    assert prompts.end_of_turn(tok) in prompts.family_of(tok).end_of_turn
+    assert prompts.end_of_turn(tok) in _family(request).end_of_turn
     # the end-of-turn token is the first thing the template writes after an answer
     assert prompts.completion_suffix(tok).startswith(prompts.end_of_turn(tok))
 
@@ -176,11 +183,11 @@ def test_system_text_is_folded_into_the_first_user_turn(embedded_tokenizer):
     assert text == "<bos><start_of_turn>user\n간결하게.\n\n안녕<end_of_turn>\n<start_of_turn>model\n네<end_of_turn>\n"
 
 
-def test_system_text_reaches_the_prompt_in_every_family(family_tokenizer):
+def test_system_text_reaches_the_prompt_in_every_family(family_tokenizer, request):
     tok = family_tokenizer
-    fam = prompts.family_of(tok)
+    fam = _family(request)
     text = tok.apply_chat_template([{"role": "system", "content": "간결하게."}, {"role": "user", "content": "안녕"}],
-                                   tokenize=False, add_generation_prompt=True, **dict(fam.template_kwargs))
+                                   tokenize=False, add_generation_prompt=True)
     assert "간결하게." in text and "안녕" in text
     if not fam.system_role:
         assert text.index("간결하게.") > text.index("user")
@@ -282,3 +289,22 @@ def test_the_batched_map_equals_encode_example(family_tokenizer):
     assert dropped == 0
     for row, (s, o) in zip(out, pairs):
         assert row == prompts.encode_example(family_tokenizer, s, o, "초록을 쓰시오.")
+
+
+def test_finishing_a_tokenizer_sets_no_attribute_of_ours(smollm2_tokenizer_dir):
+    """What travels with a tokenizer is its template and pad token, nothing patched on: the family's template
+    variables are in the template, so another library's plain apply_chat_template renders Qwen 3 without thinking."""
+    from writemypaper import weights
+
+    tok = _bpe_with(smollm2_tokenizer_dir, _fixture_template("qwen3"), [], None, "<|im_end|>")
+    before = set(vars(tok))
+    weights.finish_tokenizer(tok, "qwen3")
+    assert set(vars(tok)) - before == set()
+    prompt = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<think>\n\n</think>\n\n")
+    # the caller's own choice still wins, and finishing twice (a saved run loaded again) adds the defaults once
+    thinking = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True,
+                                       enable_thinking=True)
+    assert not thinking.endswith("</think>\n\n")
+    again = weights.finish_tokenizer(tok, "qwen3").chat_template
+    assert again == tok.chat_template and again.count("enable_thinking is not defined") == 1

@@ -225,7 +225,10 @@ def _pair_problems(cfg) -> list[str]:
     elif n:
         said = [m.replace("num_return_sequences", "candidates") for _, m in sampling_settings(cfg).problems()]
         problems += [f"sampling.{message}" for message in said]
-    if not n and not cfg.pairs.negatives and not cfg.pairs.get("trimmed"):
+    source = cfg.pairs.get("from_file")
+    if source is not None and not Path(str(source)).is_file():
+        problems.append(f"pairs.from_file={source}: no such file (an align run's {PAIRS_FILE})")
+    if source is None and not n and not cfg.pairs.negatives and not cfg.pairs.get("trimmed"):
         problems.append("no pairs to train on: set sampling.summaries above 0, pairs.negatives=true or "
                         "pairs.trimmed=true")
     for key, low, high in (("min_gap", 0.0, None), ("min_coverage", 0.0, 1.0)):
@@ -343,6 +346,10 @@ def _pairs(cfg, out_dir: Path, model, tokenizer, rows: list[dict], resume: bool)
     if resume and path.is_file():
         pairs = [obj for _, obj in read_jsonl(path, "--resume", ("summary", "chosen", "rejected"))]
         return pairs, {"reused": len(pairs)}
+    source = cfg.pairs.get("from_file")
+    if source is not None:  # another run's pairs: a sweep over training settings samples once
+        pairs = [obj for _, obj in read_jsonl(Path(str(source)), "pairs.from_file", ("summary", "chosen", "rejected"))]
+        return pairs, {"from_file": len(pairs)}
     n = min(int(cfg.sampling.summaries or 0), len(rows))
     samples = sample_candidates(model, tokenizer, cfg, [r["summary"] for r in rows[:n]]) if n else []
     return build_pairs(rows, dict(enumerate(samples)), bool(cfg.pairs.negatives), cfg.pairs.min_gap,

@@ -79,8 +79,6 @@ def _tokenizer_key(tokenizer) -> str:
     here; hashing its serialized form takes about 1 s."""
     import hashlib
 
-    from writemypaper import prompts
-
     try:
         key = _TOKENIZER_KEYS.get(tokenizer)
     except TypeError:  # a tokenizer that cannot be weakly referenced: no cache
@@ -93,8 +91,8 @@ def _tokenizer_key(tokenizer) -> str:
             from datasets.fingerprint import Hasher
 
             h = hashlib.sha256(Hasher.hash(tokenizer).encode("utf-8"))
-        h.update(repr((tokenizer.bos_token, tokenizer.eos_token_id, type(tokenizer).__name__, tokenizer.chat_template,
-                       getattr(tokenizer, prompts.FAMILY_ATTR, None))).encode("utf-8"))
+        h.update(repr((tokenizer.bos_token, tokenizer.eos_token_id, type(tokenizer).__name__,
+                       tokenizer.chat_template)).encode("utf-8"))
         key = h.hexdigest()
         try:
             _TOKENIZER_KEYS[tokenizer] = key

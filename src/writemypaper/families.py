@@ -28,7 +28,8 @@ class Family:
     # tokenizer has none (a GGUF without one), or always where `own_template` is False.
     template: str | None = None
     own_template: bool = True
-    template_kwargs: tuple[tuple[str, object], ...] = ()  # extra variables for the template (Qwen 3's thinking off)
+    # variables for the template (Qwen 3's thinking off), written into it as defaults (with_template_variables)
+    template_kwargs: tuple[tuple[str, object], ...] = ()
     pad_tokens: tuple[str, ...] = ()  # tried in order when the tokenizer has no pad token; else eos pads
     fp16: bool = True  # False: activations overflow in fp16, so bf16 (or fp32 where bf16 is not native) is used
     gguf_arch: str | None = None  # llama.cpp's architecture name (gguf.MODEL_ARCH member); None: no GGUF export
@@ -107,6 +108,30 @@ def target_modules(fam: Family, requested) -> list[str] | str:
         raise UserError(f"lora.target_modules: {', '.join(unknown)} are not modules of {fam.name} models; theirs are "
                         f"{', '.join(fam.target_modules)} (or set target_modules: auto)")
     return names
+
+
+# The family's template variables, set where a caller passes none: a template finished with them renders our prompt
+# through any library's plain apply_chat_template, and nothing outside the template has to carry the family.
+_VARS_OPEN = "{#- writemypaper: the family's template variables, where the caller passes none -#}\n"
+_VARS_CLOSE = "{#- writemypaper: end of the family's template variables -#}\n"
+
+
+def with_template_variables(template: str, fam: Family) -> str:
+    """`template` with the family's template variables as defaults ahead of it (once: a finished one is kept)."""
+    import json
+
+    if not fam.template_kwargs or template.startswith(_VARS_OPEN):
+        return template
+    defaults = "".join(f"{{%- if {k} is not defined -%}}{{%- set {k} = {json.dumps(v)} -%}}{{%- endif -%}}\n"
+                       for k, v in fam.template_kwargs)
+    return _VARS_OPEN + defaults + _VARS_CLOSE + template
+
+
+def without_template_variables(template: str) -> str:
+    """`template` as it was before with_template_variables."""
+    if template.startswith(_VARS_OPEN) and _VARS_CLOSE in template:
+        return template.split(_VARS_CLOSE, 1)[1]
+    return template
 
 
 def template_source(fam: Family) -> str | None:

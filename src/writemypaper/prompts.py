@@ -25,7 +25,6 @@ END_OF_TURN = families.family(DEFAULT_FAMILY).end_of_turn[0]
 START_OF_TURN = "<start_of_turn>"
 # Private-use characters: no template trims, escapes or splits them, and no answer contains them.
 SENTINEL = "\ue000writemypaper\ue001"
-FAMILY_ATTR = "writemypaper_family"  # set on each finished tokenizer (weights.finish_tokenizer)
 
 # The meta tags of the templates/ files: the chat template's own {{ }} and {% %} pass through as text.
 _TEMPLATE_TAGS = {"block_start_string": "[%", "block_end_string": "%]", "variable_start_string": "[[",
@@ -81,14 +80,24 @@ def export_chat_template(instruction: str | None = None, tokenizer=None) -> str:
     import json
 
     instruction = (instruction or DEFAULT_INSTRUCTION).strip()
-    fam = family_of(tokenizer)
-    if tokenizer is None or (fam is not None and not fam.own_template):
-        return chat_template(instruction, (fam or families.family(DEFAULT_FAMILY)).template)
+    if tokenizer is None:
+        return chat_template(instruction, families.family(DEFAULT_FAMILY).template)
+    own = tokenizer.chat_template
+    ours = _our_template_file(own)
+    if ours is not None:  # a family that always renders our file (Gemma): the file, with the instruction in it
+        return chat_template(instruction, ours)
     literal = json.dumps(instruction, ensure_ascii=False)  # a JSON string literal is a valid Jinja one
-    # The family's template variables become defaults, so a consumer that passes none renders our prompt too.
-    defaults = "".join(f"{{%- if {k} is not defined -%}}{{%- set {k} = {json.dumps(v)} -%}}{{%- endif -%}}\n"
-                       for k, v in (fam.template_kwargs if fam else ()))
-    return defaults + _INSTRUCTION_PREFIX.replace("INSTRUCTION", literal) + tokenizer.chat_template
+    # the template holds the family's variables already (weights.finish_tokenizer), so a consumer passing none works
+    return _INSTRUCTION_PREFIX.replace("INSTRUCTION", literal) + own
+
+
+def _our_template_file(template: str | None) -> str | None:
+    """The templates/ file of a family that never uses a model's own template, where `template` is that file."""
+    bare = families.without_template_variables(template or "")
+    for fam in families.FAMILIES.values():
+        if not fam.own_template and fam.template and bare == chat_template(None, fam.template):
+            return fam.template
+    return None
 
 
 def user_message(summary: str, instruction: str | None = None) -> str:
@@ -102,38 +111,29 @@ def user_message(summary: str, instruction: str | None = None) -> str:
 
 class ChatFormat:
     """What rendering needs of a tokenizer, for callers that hold none (llama.cpp reads these from a GGUF): a chat
-    template, the special tokens' text and the model_type of its family (for the family's template variables). It
-    renders (render_prompt, render_example, completion_suffix); tokenizing is the caller's."""
+    template and the special tokens' text. It renders (render_prompt, render_example, completion_suffix); tokenizing
+    is the caller's."""
 
-    def __init__(self, chat_template: str, bos_token: str | None, eos_token: str | None, model_type: str | None = None):
+    def __init__(self, chat_template: str, bos_token: str | None, eos_token: str | None):
         self.chat_template, self.bos_token, self.eos_token = chat_template, bos_token, eos_token
-        setattr(self, FAMILY_ATTR, model_type)
 
 
 def _default_format(bos: str | None = None) -> ChatFormat:
     fam = families.family(DEFAULT_FAMILY)
-    return ChatFormat(chat_template(None, fam.template), "<bos>" if bos is None else bos, "<eos>", DEFAULT_FAMILY)
-
-
-def family_of(tokenizer) -> families.Family | None:
-    """The family a tokenizer was finished for (weights.finish_tokenizer), or None."""
-    name = getattr(tokenizer, FAMILY_ATTR, None) if tokenizer is not None else None
-    return families.family(name) if name else None
+    return ChatFormat(chat_template(None, fam.template), "<bos>" if bos is None else bos, "<eos>")
 
 
 def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
-    fam = family_of(tokenizer)
-    kwargs = dict(fam.template_kwargs) if fam else {}
+    """The template as any library renders it: no variables passed (the family's are in the template)."""
     if not getattr(tokenizer, "chat_template", None):
         raise families.UserError("the tokenizer has no chat template; load it with models.load_tokenizer")
     if hasattr(tokenizer, "apply_chat_template"):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                             **kwargs)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     from transformers.utils.chat_template_utils import render_jinja_template
 
     text, _ = render_jinja_template(conversations=[messages], chat_template=tokenizer.chat_template,
                                     add_generation_prompt=add_generation_prompt, bos_token=tokenizer.bos_token,
-                                    eos_token=tokenizer.eos_token, **kwargs)
+                                    eos_token=tokenizer.eos_token)
     return text[0]
 
 
@@ -155,9 +155,8 @@ _SUFFIXES: dict[tuple, str] = {}
 
 
 def _render_key(tokenizer) -> tuple:
-    fam = family_of(tokenizer)
     tokens = getattr(tokenizer, "special_tokens_map", None) or {"bos": tokenizer.bos_token, "eos": tokenizer.eos_token}
-    return (tokenizer.chat_template, fam.template_kwargs if fam else (), repr(sorted(tokens.items())))
+    return (tokenizer.chat_template, repr(sorted(tokens.items())))
 
 
 def completion_suffix(tokenizer=None) -> str:
@@ -193,10 +192,8 @@ def render_example(summary: str, original: str, instruction: str | None = None, 
 
 
 def end_of_turn(tokenizer) -> str:
-    """The name of the token that ends the model's turn: the family's, or else the completion suffix's first token."""
-    fam = family_of(tokenizer)
-    if fam is not None:
-        return families.end_of_turn_token(fam, tokenizer)
+    """The name of the token that ends the model's turn: the first token the template writes after an answer (the
+    family's end of turn, checked when the tokenizer was finished: weights.finish_tokenizer)."""
     ids = tokenizer(completion_suffix(tokenizer), add_special_tokens=False)["input_ids"]
     return tokenizer.convert_ids_to_tokens(ids[0])
 

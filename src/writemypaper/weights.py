@@ -103,7 +103,9 @@ def finish_tokenizer(tokenizer, model_type: str | None = None):
             raise UserError(f"the tokenizer has no chat template, and {fam.name} models need their own: give a model "
                             f"directory whose tokenizer_config.json has one")
         tokenizer.chat_template = prompts.chat_template(None, fam.template)
-    setattr(tokenizer, prompts.FAMILY_ATTR, model_type or prompts.DEFAULT_FAMILY)
+    # the family's template variables (Qwen 3's thinking off, Llama 3.2's fixed date) go into the template itself,
+    # so every caller, ours or another library's, renders the same prompt without being told the family
+    tokenizer.chat_template = families.with_template_variables(tokenizer.chat_template, fam)
     if tokenizer.pad_token is None:
         known = [t for t in fam.pad_tokens if tokenizer.convert_tokens_to_ids(t) not in (None, tokenizer.unk_token_id)]
         tokenizer.pad_token = known[0] if known else tokenizer.eos_token

@@ -308,3 +308,33 @@ def test_finishing_a_tokenizer_sets_no_attribute_of_ours(smollm2_tokenizer_dir):
     assert not thinking.endswith("</think>\n\n")
     again = weights.finish_tokenizer(tok, "qwen3").chat_template
     assert again == tok.chat_template and again.count("enable_thinking is not defined") == 1
+
+
+def test_trls_prompt_completion_format_keeps_the_prompt_and_bos_but_drops_the_eos(tiny_gemma2_dir, embedded_tokenizer,
+                                                                                 tmp_path):
+    """Why training builds its labels itself (examples.py) rather than through TRL's prompt–completion format with
+    completion_only_loss: TRL's path, run here by SFTTrainer itself on conversational pairs, keeps the prompt's ids
+    byte for byte, one BOS and <end_of_turn> inside the loss, but ends the completion at the template's suffix: the
+    eos that our examples add after the end of turn (so that a model stops where a runtime ignores <end_of_turn>) is
+    not there. Should a TRL release add it, this test says so and the switch can be made."""
+    import transformers
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    tok = embedded_tokenizer
+    pairs = [(SUMMARY, ORIGINAL), ("기우제 토픽은 15세기에 27.3%로 높았다.", "본 연구는 15세기 기우제를 분석하였다.")]
+    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": prompts.user_message(s)}],
+                             "completion": [{"role": "assistant", "content": o}]} for s, o in pairs])
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_gemma2_dir)
+    args = SFTConfig(output_dir=str(tmp_path), completion_only_loss=True, report_to=[], max_length=None,
+                     bf16=False, use_cpu=True)
+    rows = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok).train_dataset
+    for (s, o), row in zip(pairs, rows):
+        ours = prompts.encode_example(tok, s, o)
+        n = len(prompts.encode_prompt(tok, s))
+        assert row["input_ids"][:n] == ours["input_ids"][:n]  # the prompt, as generation tokenizes it
+        assert row["input_ids"].count(tok.bos_token_id) == 1
+        assert row["labels"] == [-100] * n + row["input_ids"][n:]  # the completion mask, folded into the labels
+        eot = tok.convert_tokens_to_ids(prompts.end_of_turn(tok))
+        assert eot in row["input_ids"][n:]  # <end_of_turn> is in the loss
+        assert ours["input_ids"] == row["input_ids"] + prompts.eos_ids(tok)  # the one difference: no eos after it

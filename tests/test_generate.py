@@ -77,15 +77,8 @@ def test_penalty_inside_model_generate_covers_generated_tokens_only(tiny):
         assert all(before.seen[step][0, t] == after.seen[step][0, t] for t in prompt_only)
 
 
-def test_generate_kwargs_keep_transformers_own_penalty_off():
-    class Tok:
-        pad_token_id, eos_token_id, unk_token_id = 0, 1, 3
-        writemypaper_family = "gemma3_text"  # as weights.finish_tokenizer marks a tokenizer of the default family
-
-        def convert_tokens_to_ids(self, token):
-            return 106
-
-    kw = GenerationSettings(repetition_penalty=1.3).generate_kwargs(Tok())
+def test_generate_kwargs_keep_transformers_own_penalty_off(embedded_tokenizer):
+    kw = GenerationSettings(repetition_penalty=1.3).generate_kwargs(embedded_tokenizer)
     assert kw["repetition_penalty"] == 1.0
 
 

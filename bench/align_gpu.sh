@@ -55,13 +55,14 @@ step tuned 480 200 "${WMP[@]}" train --config cpu-demo --data $W/prep --out $W/t
 # every training summary, 4 samples each (plain decoding), constructed negatives and trimmed references; one epoch
 COMMON=(--config align-gpu --run $W/tuned --data $W/prep "${NONE[@]}" training.gradient_checkpointing=false
   training.max_length=512 training.max_steps=40 training.save_strategy=no training.logging_steps=5)
-step align-A 400 300 "${WMP[@]}" align "${COMMON[@]}" --out $W/alA sampling.candidates=4 sampling.max_new_tokens=256 \
+step align-A 300 300 "${WMP[@]}" align "${COMMON[@]}" --out $W/alA sampling.candidates=4 sampling.max_new_tokens=256 \
   sampling.batch_size=96 pairs.trimmed=true || exit 1
 PAIRS=pairs.from_file=$W/alA/pairs.jsonl
-# the same pairs with an SFT term on the chosen text (RPO), at two learning rates and betas
-step align-B 150 120 "${WMP[@]}" align "${COMMON[@]}" --out $W/alB "$PAIRS" "training.loss_type=[sigmoid,sft]" \
+# the same pairs with an SFT term on the chosen text (RPO), at two learning rates and betas, each only where the
+# budget still leaves evaluation its time
+step align-B 280 120 "${WMP[@]}" align "${COMMON[@]}" --out $W/alB "$PAIRS" "training.loss_type=[sigmoid,sft]" \
   training.learning_rate=2e-5
-step align-C 130 120 "${WMP[@]}" align "${COMMON[@]}" --out $W/alC "$PAIRS" "training.loss_type=[sigmoid,sft]" \
+step align-C 280 120 "${WMP[@]}" align "${COMMON[@]}" --out $W/alC "$PAIRS" "training.loss_type=[sigmoid,sft]" \
   training.learning_rate=5e-5 training.beta=0.5
 MODELS=(tuned=$W/tuned)
 for r in A B C; do [ -f $W/al$r/writemypaper.json ] && MODELS+=(aligned$r=$W/al$r); done

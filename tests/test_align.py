@@ -186,7 +186,7 @@ def test_fewer_than_two_candidates_when_sampling_is_refused(tmp_path, short_prep
     assert len(err) == 1 and "sampling.candidates=1" in err[0]
     # constructed negatives alone need no candidates; no pairs at all is refused
     err = _error_lines(capsys, "--run", str(run), "--data", str(short_prepared), "--out", str(tmp_path / "out"),
-                       "--sample", "0", "--no-negatives")
+                       "--sample", "0", "--no-negatives", "pairs.trimmed=false")
     assert len(err) == 1 and "no pairs to train on" in err[0]
     err = _error_lines(capsys, "--run", str(run), "--data", str(short_prepared), "--out", str(tmp_path / "out"),
                        "--sample", "-1", "pairs.min_coverage=2", "training.truncation_mode=keep_end")
@@ -194,7 +194,7 @@ def test_fewer_than_two_candidates_when_sampling_is_refused(tmp_path, short_prep
     assert "sampling.summaries=-1" in err[0] and "pairs.min_coverage=2" in err[1]
     assert "truncation_mode is set by writemypaper" in err[2]
     err = _error_lines(capsys, "--run", str(run), "--data", str(short_prepared), "--out", str(tmp_path / "out"),
-                       "--candidates", "20")
+                       "--sample", "2", "--candidates", "20")
     assert len(err) == 1 and "sampling.candidates=20 is not in [1, 16]" in err[0]
     assert not (tmp_path / "out").exists()
 

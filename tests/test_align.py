@@ -194,7 +194,7 @@ def test_fewer_than_two_candidates_when_sampling_is_refused(tmp_path, short_prep
     assert "sampling.summaries=-1" in err[0] and "pairs.min_coverage=2" in err[1]
     assert "truncation_mode is set by writemypaper" in err[2]
     err = _error_lines(capsys, "--run", str(run), "--data", str(short_prepared), "--out", str(tmp_path / "out"),
-                       "--sample", "2", "--candidates", "20")
+                       "--candidates", "20")  # checked though the preset samples nothing
     assert len(err) == 1 and "sampling.candidates=20 is not in [1, 16]" in err[0]
     assert not (tmp_path / "out").exists()
 

@@ -222,7 +222,7 @@ def _pair_problems(cfg) -> list[str]:
     elif n and not (isinstance(k, int) and k >= 2):
         problems.append(f"sampling.candidates={k}: sampling needs at least 2 candidates a summary to compare (or "
                         f"sampling.summaries=0 for constructed negatives only)")
-    elif n:
+    else:  # checked without sampling too: a value given on the command line is never silently ignored
         said = [m.replace("num_return_sequences", "candidates") for _, m in sampling_settings(cfg).problems()]
         problems += [f"sampling.{message}" for message in said]
     source = cfg.pairs.get("from_file")

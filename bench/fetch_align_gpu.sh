@@ -4,8 +4,7 @@
 # four chunks gzipped (g1..g4), and Kiwi's model split in two (k1, k2). Run it in the activated venv that holds
 # writemypaper (the chunks and Kiwi's model are read from it).
 #   bash bench/fetch_align_gpu.sh
-# then device calls, each within the 30 s the machine stays warm: carry .dev/w .dev/k1; .dev/w2; .dev/k2; .dev/g1;
-# .dev/g2; .dev/g3; and last carry .dev/g4 with the command `bash bench/align_gpu.sh`.
+# then the device calls that bench/align_gpu.sh's header lists, each within the 30 s the machine stays warm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.dev/' .git/info/exclude 2>/dev/null || echo /.dev/ >>.git/info/exclude

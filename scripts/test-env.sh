@@ -4,7 +4,8 @@
 # PyTorch on a CPU frees and maps its largest buffers again at every step (the embedded model's 262k-entry LM head
 # makes logits of hundreds of MB); glibc hands each one back to the kernel, and the page faults that follow cost about
 # a fifth of a training step on 2 cores. jemalloc reuses them: one short fine-tune took 52 s instead of 64 s, and the
-# suite 970 s instead of 1133 s (bench/RESULTS.md, "CI"). Peak memory moved by under 10%.
+# suite 970 s instead of 1133 s (bench/RESULTS.md, "CI"). A fine-tune's peak memory stayed the same; a test worker
+# would keep the most any of its files needed, so tests/conftest.py hands the kept memory back after each file.
 # Where the library is missing it is installed as root on Debian (libjemalloc2); elsewhere nothing changes and the
 # suite runs the same, only slower. WRITEMYPAPER_JEMALLOC=0 turns it off.
 _wmp_jemalloc() {

@@ -48,6 +48,19 @@ def test_an_empty_or_off_topic_candidate_is_never_chosen():
     assert align.sampled_pair(SUMMARY, REFERENCE, ["", "날씨가 좋다."], 0.2, 0.2) is None
 
 
+def test_the_summary_said_again_is_never_chosen_under_min_length():
+    """The echo invents nothing and covers all of the summary, so the fact check alone prefers it to any abstract;
+    under min_length it may still be rejected, never chosen, and with nothing long enough there is no pair."""
+    echo = SUMMARY
+    longer = REFERENCE.replace(" 응답률은 87%였다.", "")  # the reference without its sentence of an invented figure
+    invented = REFERENCE
+    assert align.sampled_pair(SUMMARY, REFERENCE, [echo, longer, invented], 0.2, 0.2)["chosen"] == echo
+    pair = align.sampled_pair(SUMMARY, REFERENCE, [echo, longer, invented], 0.2, 0.2, min_length=0.6)
+    assert pair["chosen"] == longer and pair["rejected"] == invented
+    assert len(longer) >= 0.6 * len(REFERENCE) > len(echo)
+    assert align.sampled_pair(SUMMARY, REFERENCE, [echo, echo + " 1,500명이었다."], 0.2, 0.2, min_length=0.6) is None
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_a_constructed_negative_changes_exactly_one_figure(seed):
     pair = align.contrastive_negative(SUMMARY, REFERENCE, random.Random(seed))
@@ -190,10 +203,12 @@ def test_fewer_than_two_candidates_when_sampling_is_refused(tmp_path, short_prep
                        "--sample", "0", "--no-negatives", "pairs.trimmed=false")
     assert len(err) == 1 and "no pairs to train on" in err[0]
     err = _error_lines(capsys, "--run", str(run), "--data", str(short_prepared), "--out", str(tmp_path / "out"),
-                       "--sample", "-1", "pairs.min_coverage=2", "training.truncation_mode=keep_end")
-    assert len(err) == 3, err  # every problem at once, one a line
+                       "--sample", "-1", "pairs.min_coverage=2", "pairs.min_length=-0.5",
+                       "training.truncation_mode=keep_end")
+    assert len(err) == 4, err  # every problem at once, one a line
     assert "sampling.summaries=-1" in err[0] and "pairs.min_coverage=2" in err[1]
-    assert "truncation_mode is set by writemypaper" in err[2]
+    assert "pairs.min_length=-0.5 must be a number in [0.0, 1.0]" in err[2]
+    assert "truncation_mode is set by writemypaper" in err[3]
     err = _error_lines(capsys, "--run", str(run), "--data", str(short_prepared), "--out", str(tmp_path / "out"),
                        "--candidates", "20")  # checked though the preset samples nothing
     assert len(err) == 1 and "sampling.candidates=20 is not in [1, 16]" in err[0]

@@ -44,12 +44,17 @@ def score(summary: str, reference: str, text: str) -> dict:
             "length_off": round(length_off, 4), "score": round(total, 4)}
 
 
-def sampled_pair(summary: str, reference: str, texts: list[str], min_gap: float, min_coverage: float) -> dict | None:
+def sampled_pair(summary: str, reference: str, texts: list[str], min_gap: float, min_coverage: float,
+                 min_length: float = 0.0) -> dict | None:
     """The best candidate against the worst, or None where the judge cannot tell them apart (a gap under
-    `min_gap`: a tie). A candidate that covers less than `min_coverage` of the summary (an empty or a runaway text
-    has few facts to get wrong) is never chosen."""
+    `min_gap`: a tie) or no candidate may be chosen. A candidate that covers less than `min_coverage` of the summary
+    (an empty or a runaway text has few facts to get wrong) is never chosen, nor one shorter than `min_length` times
+    the reference: the summary said again invents nothing, but it is not an abstract, and a model taught to prefer
+    it learns to echo its input."""
     scored = sorted(({**score(summary, reference, t), "text": t} for t in texts), key=lambda c: -c["score"])
-    eligible = [c for c in scored if c["text"].strip() and c["coverage"] >= min_coverage]
+    shortest = min_length * len(reference.strip())
+    eligible = [c for c in scored if c["text"].strip() and c["coverage"] >= min_coverage
+                and len(c["text"].strip()) >= shortest]
     if not eligible:
         return None
     best, worst = eligible[0], scored[-1]
@@ -134,7 +139,8 @@ def trimmed_reference(summary: str, reference: str, min_coverage: float) -> dict
 
 
 def build_pairs(rows: list[dict], samples: dict[int, list[str]], negatives: bool, min_gap: float,
-                min_coverage: float, seed: int, trimmed: bool = False) -> tuple[list[dict], dict]:
+                min_coverage: float, seed: int, trimmed: bool = False,
+                min_length: float = 0.0) -> tuple[list[dict], dict]:
     """Pairs for every row ({"summary", "original"}): from its sampled candidates where it has some, a constructed
     negative if asked, and a trimmed reference if asked. Returns (pairs, counts)."""
     rng = random.Random(seed)
@@ -143,7 +149,7 @@ def build_pairs(rows: list[dict], samples: dict[int, list[str]], negatives: bool
         counts.update(trimmed=0, untrimmed=0)
     for i, row in enumerate(rows):
         if i in samples:
-            pair = sampled_pair(row["summary"], row["original"], samples[i], min_gap, min_coverage)
+            pair = sampled_pair(row["summary"], row["original"], samples[i], min_gap, min_coverage, min_length)
             counts["sampled" if pair else "sampled_ties"] += 1
             pairs += [pair] if pair else []
         if negatives:
@@ -231,8 +237,8 @@ def _pair_problems(cfg) -> list[str]:
     if source is None and not n and not cfg.pairs.negatives and not cfg.pairs.get("trimmed"):
         problems.append("no pairs to train on: set sampling.summaries above 0, pairs.negatives=true or "
                         "pairs.trimmed=true")
-    for key, low, high in (("min_gap", 0.0, None), ("min_coverage", 0.0, 1.0)):
-        v = cfg.pairs.get(key)
+    for key, low, high in (("min_gap", 0.0, None), ("min_coverage", 0.0, 1.0), ("min_length", 0.0, 1.0)):
+        v = cfg.pairs.get(key, 0.0 if key == "min_length" else None)  # a run saved before min_length: none
         if not isinstance(v, (int, float)) or v < low or (high is not None and v > high):
             problems.append(f"pairs.{key}={v} must be a number in [{low}, {high if high is not None else 'inf'}]")
     return problems
@@ -355,7 +361,8 @@ def _pairs(cfg, out_dir: Path, model, tokenizer, rows: list[dict], resume: bool)
     n = min(int(cfg.sampling.summaries or 0), len(rows))
     samples = sample_candidates(model, tokenizer, cfg, [r["summary"] for r in rows[:n]]) if n else []
     return build_pairs(rows, dict(enumerate(samples)), bool(cfg.pairs.negatives), cfg.pairs.min_gap,
-                       cfg.pairs.min_coverage, cfg.training.get("seed", 42), bool(cfg.pairs.get("trimmed", False)))
+                       cfg.pairs.min_coverage, cfg.training.get("seed", 42), bool(cfg.pairs.get("trimmed", False)),
+                       float(cfg.pairs.get("min_length", 0.0)))
 
 
 def _save_pairs(out_dir: Path, pairs: list[dict]) -> None:

@@ -100,6 +100,36 @@ def test_resolve_model(tmp_path, tiny_gemma2_dir):
         weights.resolve_model("./missing-model")
 
 
+def test_a_tokenizer_loaded_again_is_its_own_object_and_a_folder_written_again_is_read_again(smollm2_tokenizer,
+                                                                                            tmp_path):
+    """From the third load of one folder's tokenizer, a process unpickles the copy it kept instead of parsing the
+    files again. Each load is still its own object, a caller's change to one never reaches the next, and a folder
+    whose tokenizer files changed is read again."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    for f in Path(weights.resolve_model("smollm2-135m")).iterdir():
+        if f.suffix in (".json", ".jinja"):
+            shutil.copy(f, folder / f.name)
+    first, second, third = (models.load_tokenizer(str(folder), side) for side in ("right", "left", "right"))
+    assert models._folder_key(str(folder), "llama") in models._PICKLED  # the third was unpickled
+    assert (first.padding_side, second.padding_side, third.padding_side) == ("right", "left", "right")
+    text = "요약문 1,200명의 정치 태도"
+    assert third(text).input_ids == first(text).input_ids and third.chat_template == first.chat_template
+    third.chat_template = "changed"
+    third.pad_token = third.eos_token
+    fourth = models.load_tokenizer(str(folder))
+    assert fourth is not third and fourth.chat_template == first.chat_template and fourth.pad_token == first.pad_token
+    cfg = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    cfg["model_max_length"] = 77
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    assert models.load_tokenizer(str(folder)).model_max_length == 77
+    assert models.load_tokenizer("smollm2-135m").model_max_length != 77  # another folder: its own
+
+
 def test_embedded_model_is_a_plain_safetensors_directory():
     path = weights.embedded_model_dir()
     assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()

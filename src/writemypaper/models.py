@@ -23,16 +23,47 @@ from writemypaper.weights import finish_tokenizer, hub_errors, hub_token, is_run
 # tokenizers
 
 
+# A tokenizer a process has loaded twice from one local folder, pickled: from the third load on, it is unpickled
+# (about 2 s for the embedded models' 262k-entry vocabularies) instead of parsed from its files again (about 4.5 s,
+# mostly JSON). The demo loads one five times; evaluate, once a model. Each call still gets its own object. Keyed
+# by the folder's small files, their sizes and modification times, so a folder written again is read again.
+_SEEN: set[tuple] = set()
+_PICKLED: dict[tuple, bytes] = {}
+
+
 def load_tokenizer(ref: str | None, padding_side: str = "right"):
     """Right padding for training, left padding for batched generation."""
-    from transformers import AutoTokenizer
+    import pickle
 
     ref = resolve_model(ref)
     src = ref if not is_run_dir(ref) or (Path(ref) / "tokenizer_config.json").is_file() else resolve_model(run_base_model(ref))
-    with hub_errors(src):
-        tok = AutoTokenizer.from_pretrained(src, token=hub_token())
+    kind = model_type(ref)
+    key = _folder_key(src, kind)
+    if key in _PICKLED:
+        tok = pickle.loads(_PICKLED[key])
+    else:
+        from transformers import AutoTokenizer
+
+        with hub_errors(src):
+            tok = AutoTokenizer.from_pretrained(src, token=hub_token())
+        tok = finish_tokenizer(tok, kind)
+        if key is not None and key in _SEEN:
+            _PICKLED[key] = pickle.dumps(tok)
+        elif key is not None:
+            _SEEN.add(key)
     tok.padding_side = padding_side
-    return finish_tokenizer(tok, model_type(ref))
+    return tok
+
+
+def _folder_key(src: str, kind: str) -> tuple | None:
+    """What a local folder's tokenizer is loaded from (its files other than weights, with sizes and times); None for
+    a Hub id, which is never kept."""
+    folder = Path(src)
+    if not folder.is_dir():
+        return None
+    files = tuple(sorted((f.name, st.st_size, st.st_mtime_ns) for f in folder.iterdir()
+                         if f.suffix in (".json", ".jinja", ".model", ".txt") and f.is_file() and (st := f.stat())))
+    return str(folder.resolve()), kind, files
 
 
 def model_type(ref: str) -> str:

@@ -153,14 +153,22 @@ def _last_logprobs(llm, ids):
     return logits - np.log(np.exp(logits).sum())
 
 
-def test_transformers_reads_the_real_export(embedded):
+def test_transformers_reads_the_real_export(embedded, monkeypatch):
+    import functools
+
+    import gguf
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model, tok, files = embedded
     f16 = files["f16"]
+    # transformers reads the file four times (the tokenizer's config and vocabulary, the model's config, its
+    # tensors), each with gguf's own reader, whose parse of a 262k-entry vocabulary takes about 15 s in Python. One
+    # parse serves all four: the same reader's fields, read by transformers' own loading code each time.
+    monkeypatch.setattr(gguf, "GGUFReader", functools.lru_cache(maxsize=None)(gguf.GGUFReader))
     gtok = AutoTokenizer.from_pretrained(f16.parent, gguf_file=f16.name)
     loaded = AutoModelForCausalLM.from_pretrained(f16.parent, gguf_file=f16.name, dtype=torch.float32).eval()
+    assert gguf.GGUFReader.cache_info().hits >= 2  # the four reads shared one parse (else this test takes a minute)
     # the chat template travels in the file too: the bare summary renders the training prompt
     chat = gtok.apply_chat_template([{"role": "user", "content": SUMMARIES[0]}], tokenize=False,
                                     add_generation_prompt=True)

@@ -115,7 +115,8 @@ def test_a_tokenizer_loaded_again_is_its_own_object_and_a_folder_written_again_i
         if f.suffix in (".json", ".jinja"):
             shutil.copy(f, folder / f.name)
     first, second, third = (models.load_tokenizer(str(folder), side) for side in ("right", "left", "right"))
-    assert models._folder_key(str(folder), "llama") in models._PICKLED  # the third was unpickled
+    assert models._folder_key(str(folder)) in models._PICKLED  # the third was unpickled
+    assert models._kept_file(models._folder_key(str(folder))) is None  # a folder of the user's: kept in memory only
     assert (first.padding_side, second.padding_side, third.padding_side) == ("right", "left", "right")
     text = "요약문 1,200명의 정치 태도"
     assert third(text).input_ids == first(text).input_ids and third.chat_template == first.chat_template
@@ -128,6 +129,24 @@ def test_a_tokenizer_loaded_again_is_its_own_object_and_a_folder_written_again_i
     (folder / "tokenizer_config.json").write_text(json.dumps(cfg), encoding="utf-8")
     assert models.load_tokenizer(str(folder)).model_max_length == 77
     assert models.load_tokenizer("smollm2-135m").model_max_length != 77  # another folder: its own
+
+
+def test_an_embedded_tokenizer_is_kept_pickled_in_the_cache_and_a_broken_copy_is_read_around(smollm2_tokenizer):
+    """Every process after the first unpickles an embedded model's tokenizer from the cache; a copy that can't be
+    unpickled (cut short, or written by other library versions under a colliding name) is read around and replaced."""
+    import pickle
+
+    key = models._folder_key(weights.resolve_model("smollm2-135m"))
+    kept = models._kept_file(key)
+    assert kept is not None and kept.parent == weights.cache_root() / "tokenizers"
+    good = models.load_tokenizer("smollm2-135m")
+    assert kept.is_file()
+    text = "요약문 1,200명의 정치 태도"
+    kept.write_bytes(b"not a pickle")
+    models._PICKLED.pop(key, None)  # as a new process would find it
+    again = models.load_tokenizer("smollm2-135m")
+    assert again(text).input_ids == good(text).input_ids and again.chat_template == good.chat_template
+    assert pickle.loads(kept.read_bytes())(text).input_ids == good(text).input_ids  # written anew
 
 
 def test_embedded_model_is_a_plain_safetensors_directory():

@@ -23,47 +23,87 @@ from writemypaper.weights import finish_tokenizer, hub_errors, hub_token, is_run
 # tokenizers
 
 
-# A tokenizer a process has loaded twice from one local folder, pickled: from the third load on, it is unpickled
-# (about 2 s for the embedded models' 262k-entry vocabularies) instead of parsed from its files again (about 4.5 s,
-# mostly JSON). The demo loads one five times; evaluate, once a model. Each call still gets its own object. Keyed
-# by the folder's small files, their sizes and modification times, so a folder written again is read again.
+# Parsing a tokenizer's files takes about 4.5 s for the embedded models' 262k-entry vocabularies (mostly JSON);
+# unpickling a copy, about 1.5 s. The embedded models' tokenizers are kept pickled in the cache (cache_root()/
+# tokenizers), so every process after the first loads them that way. Another local folder's is kept in memory once
+# a process has loaded it twice (the demo loads one five times; evaluate, once a model). Each load is its own object,
+# and the copy is taken before the family's finishing touches, so that only the libraries' versions and the folder's
+# files decide it: they key it, the files by size and modification time, so a folder written again is read again.
 _SEEN: set[tuple] = set()
 _PICKLED: dict[tuple, bytes] = {}
 
 
 def load_tokenizer(ref: str | None, padding_side: str = "right"):
     """Right padding for training, left padding for batched generation."""
-    import pickle
-
     ref = resolve_model(ref)
     src = ref if not is_run_dir(ref) or (Path(ref) / "tokenizer_config.json").is_file() else resolve_model(run_base_model(ref))
-    kind = model_type(ref)
-    key = _folder_key(src, kind)
-    if key in _PICKLED:
-        tok = pickle.loads(_PICKLED[key])
-    else:
-        from transformers import AutoTokenizer
-
-        with hub_errors(src):
-            tok = AutoTokenizer.from_pretrained(src, token=hub_token())
-        tok = finish_tokenizer(tok, kind)
-        if key is not None and key in _SEEN:
-            _PICKLED[key] = pickle.dumps(tok)
-        elif key is not None:
-            _SEEN.add(key)
+    tok = _read_tokenizer(src)
     tok.padding_side = padding_side
+    return finish_tokenizer(tok, model_type(ref))
+
+
+def _read_tokenizer(src: str):
+    """AutoTokenizer.from_pretrained(src), or the pickled copy of it that this process or the cache keeps."""
+    import pickle
+
+    key = _folder_key(src)
+    kept = _kept_file(key)
+    blob = _PICKLED.get(key) if key else None
+    if blob is None and kept is not None and kept.is_file():
+        blob = kept.read_bytes()
+    if blob is not None:
+        try:
+            return pickle.loads(blob)
+        except Exception:  # noqa: BLE001 - a truncated or foreign copy: the folder's files are read instead
+            pass
+    from transformers import AutoTokenizer
+
+    with hub_errors(src):
+        tok = AutoTokenizer.from_pretrained(src, token=hub_token())
+    if key is not None and (kept is not None or key in _SEEN):
+        _PICKLED[key] = blob = pickle.dumps(tok)
+        if kept is not None:
+            _write_kept(kept, blob)
+    elif key is not None:
+        _SEEN.add(key)
     return tok
 
 
-def _folder_key(src: str, kind: str) -> tuple | None:
-    """What a local folder's tokenizer is loaded from (its files other than weights, with sizes and times); None for
-    a Hub id, which is never kept."""
+def _folder_key(src: str) -> tuple | None:
+    """What a local folder's tokenizer is loaded from (its files other than weights, with sizes and times, and the
+    libraries that read them); None for a Hub id, which is never kept."""
+    import tokenizers
+    import transformers
+
     folder = Path(src)
     if not folder.is_dir():
         return None
     files = tuple(sorted((f.name, st.st_size, st.st_mtime_ns) for f in folder.iterdir()
                          if f.suffix in (".json", ".jinja", ".model", ".txt") and f.is_file() and (st := f.stat())))
-    return str(folder.resolve()), kind, files
+    return str(folder.resolve()), files, transformers.__version__, tokenizers.__version__, sys.version_info[:2]
+
+
+def _kept_file(key: tuple | None) -> Path | None:
+    """Where the cache keeps an embedded model's tokenizer for `key`; None for any other folder."""
+    import hashlib
+
+    from writemypaper.weights import cache_root
+
+    if key is None or Path(key[0]).parent != (cache_root() / "models").resolve():
+        return None
+    digest = hashlib.sha256(repr(key).encode()).hexdigest()[:16]
+    return cache_root() / "tokenizers" / f"{Path(key[0]).name}-{digest}.pickle"
+
+
+def _write_kept(path: Path, blob: bytes) -> None:
+    """Written whole or not at all (a process reading it meanwhile sees the old file or none); a cache that can't be
+    written only costs the next process the slower load."""
+    from writemypaper.atomic import atomic_write_bytes
+
+    try:
+        atomic_write_bytes(path, blob)
+    except OSError:
+        pass
 
 
 def model_type(ref: str) -> str:

@@ -40,6 +40,14 @@ step() {  # step NAME NEEDS LIMIT CMD...: CMD with a time limit, if NEEDS second
   [ $rc -eq 0 ] || { grep -E "Error|error" "$LOG" | tail -3; return 1; }
 }
 
+keep_adapters() {  # keep_adapters X...: each finished run $W/alX's adapter and record in $OUT/alignedX.tar.gz
+  local r
+  for r; do
+    [ -f $W/al$r/adapter_model.safetensors ] && tar -czf "$OUT/aligned$r.tar.gz" -C $W/al$r adapter_model.safetensors \
+      adapter_config.json writemypaper.json metrics.json
+  done
+  return 0
+}
 ROUND=${1:-1} BEST=${2:-A}
 # --- what travelled: wheels, Kiwi's model, the GGUF's chunks (checked against the sums taken here)
 if [ "$ROUND" = round2 ]; then
@@ -90,10 +98,7 @@ if [ "$ROUND" = round2 ]; then
   step evaluate 40 200 "${WMP[@]}" evaluate --data $W/prep --models "${MODELS[@]}" --decodings plain -n 41 \
     generation.max_new_tokens=192 --out $W/eval2
   cp $W/eval2/scores.json "$OUT/scores-round2.json" 2>/dev/null
-  for r in 2; do
-    [ -f $W/al$r/adapter_model.safetensors ] && tar -czf "$OUT/aligned$r.tar.gz" -C $W/al$r adapter_model.safetensors \
-      adapter_config.json writemypaper.json metrics.json
-  done
+  keep_adapters 2
   wc -l $W/al2/pairs.jsonl >>"$OUT/steps.txt" 2>/dev/null
   SCORES=$W/eval2/scores.json
 else
@@ -118,10 +123,7 @@ for r in A B C; do [ -f $W/al$r/adapter_model.safetensors ] && MODELS+=(aligned$
 step evaluate 40 200 "${WMP[@]}" evaluate --data $W/prep --models "${MODELS[@]}" --decodings plain -n 41 \
   generation.max_new_tokens=192 --out $W/eval
 cp $W/eval/scores.json "$OUT/" 2>/dev/null
-for r in A B C; do
-  [ -f $W/al$r/adapter_model.safetensors ] && tar -czf "$OUT/aligned$r.tar.gz" -C $W/al$r adapter_model.safetensors \
-    adapter_config.json writemypaper.json metrics.json
-done
+keep_adapters A B C
 wc -l $W/alA/pairs.jsonl >>"$OUT/steps.txt" 2>/dev/null
 SCORES=$W/eval/scores.json
 fi

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from writemypaper.errors import UserError
 from writemypaper.policy import Policy, cuda_available, resolve_policy
-from writemypaper.weights import finish_tokenizer, hub_errors, hub_token, is_run_dir, resolve_model, run_base_model
+from writemypaper.weights import (cache_root, finish_tokenizer, hub_errors, hub_token, is_run_dir, resolve_model,
+                                  run_base_model)
 
 # Still importable from here, where the server, the benchmarks and older scripts look for them.
 
@@ -86,8 +87,6 @@ def _folder_key(src: str) -> tuple | None:
 def _kept_file(key: tuple | None) -> Path | None:
     """Where the cache keeps an embedded model's tokenizer for `key`; None for any other folder."""
     import hashlib
-
-    from writemypaper.weights import cache_root
 
     if key is None or Path(key[0]).parent != (cache_root() / "models").resolve():
         return None
